@@ -1,0 +1,93 @@
+"""The unified mapping network of DePALM §3.2: optional input Linear -> optional transformer
+(QPMapper) -> MLP whose last Linear goes to the LLM width."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from perceptlm.connectors.qpmapper import QPMapper
+from perceptlm.encoders.base import PerceptualFeatures
+
+
+class Connector(nn.Module):
+    """Trainable mapper from :class:`PerceptualFeatures` to LLM-width tokens ``[B, K, out_dim]``.
+
+    Pure PyTorch: it knows nothing of the LLM beyond ``out_dim``.
+    """
+
+    in_dim: int
+    out_dim: int
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        raise NotImplementedError
+
+    def forward(self, features: PerceptualFeatures) -> Tensor:
+        raise NotImplementedError
+
+
+def flatten_layers(features: PerceptualFeatures) -> tuple[Tensor, Tensor]:
+    """``[B, L, N, D]`` -> tokens ``[B, L*N, D]`` (layer-major) and their mask ``[B, L*N]``."""
+    batch, layers, count, dim = features.tokens.shape
+    tokens = features.tokens.reshape(batch, layers * count, dim)
+    mask = features.mask.repeat(1, layers)
+    return tokens, mask
+
+
+def mlp(in_dim: int, out_dim: int, depth: int, hidden: int | None = None) -> nn.Sequential:
+    """``depth`` Linear layers with GELU in between; ``depth=1`` is a single Linear."""
+    hidden = hidden or out_dim
+    dims = [in_dim] + [hidden] * (depth - 1) + [out_dim]
+    modules: list[nn.Module] = []
+    for i in range(depth):
+        modules.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < depth - 1:
+            modules.append(nn.GELU())
+    return nn.Sequential(*modules)
+
+
+class MappingConnector(Connector):
+    """DePALM's mapper. With ``transformer="qpmapper"`` it yields ``num_queries`` summary tokens
+    (QP, L0: Linear(d->d), 2 QPMapper layers, 32 queries, Linear -> LLM width); with
+    ``transformer=None`` it maps every token (LiMBeR: a per-token Linear).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        width: int | None = None,
+        input_projection: bool = True,
+        transformer: Literal["qpmapper"] | None = "qpmapper",
+        num_queries: int = 32,
+        num_layers: int = 2,
+        num_heads: int = 8,
+        dropout: float = 0.1,
+        output_depth: int = 1,
+    ) -> None:
+        super().__init__()
+        width = width or in_dim
+        if not input_projection and width != in_dim:
+            raise ValueError(f"width={width} differs from the feature width {in_dim}: enable input_projection")
+        self.in_dim, self.out_dim, self.width = in_dim, out_dim, width
+        self.input = nn.Linear(in_dim, width) if input_projection else nn.Identity()
+        if transformer == "qpmapper":
+            self.transformer: QPMapper | None = QPMapper(
+                width, num_queries=num_queries, num_layers=num_layers, num_heads=num_heads, dropout=dropout
+            )
+        elif transformer is None:
+            self.transformer = None
+        else:
+            raise ValueError(f"transformer={transformer!r} is unknown; valid: 'qpmapper', None")
+        self.output = mlp(width, out_dim, output_depth)
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return self.transformer.num_queries if self.transformer is not None else num_input_tokens
+
+    def forward(self, features: PerceptualFeatures) -> Tensor:
+        tokens, mask = flatten_layers(features)
+        hidden = self.input(tokens)
+        if self.transformer is not None:
+            hidden = self.transformer(hidden, mask)
+        return self.output(hidden)

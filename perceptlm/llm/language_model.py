@@ -1,0 +1,122 @@
+"""``LanguageModel``: a frozen Hugging Face decoder-only LM with public injection points."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from perceptlm.llm.adapters import adapter_for
+
+
+def positions_from_mask(attention_mask: Tensor, past_length: int = 0) -> Tensor:
+    """Position ids that skip padding, so a left-padded sample sees the same positions as alone."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.clamp(min=0)
+    return positions[:, past_length:]
+
+
+class LanguageModel(nn.Module):
+    """Wraps any ``AutoModelForCausalLM`` of a supported family.
+
+    Public points the injection mechanisms use: :meth:`embed` (token embeddings), :attr:`layers`
+    (the decoder layers, for per-layer injection), :meth:`hidden` (the base model run on input
+    embeddings, final norm included) and :meth:`logits` (the LM head, applied only where needed).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str = "llm",
+        trainable: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.adapter = adapter_for(model.config.model_type)
+        self.trainable = trainable
+        if tokenizer.pad_token_id is None:
+            # Padding positions are masked out; any id works, EOS is the usual choice.
+            tokenizer.pad_token = tokenizer.eos_token
+        if not trainable:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> "LanguageModel":
+        # Frozen LLMs stay in eval mode (no dropout) even inside ``trainer.fit``.
+        return super().train(mode and self.trainable)
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def base(self) -> nn.Module:
+        return self.model.base_model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.adapter.layers(self.base)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def eos_token_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"{self.name}: the tokenizer defines no EOS token")
+        return int(eos)
+
+    # -- computation ---------------------------------------------------------------------------
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def hidden(
+        self,
+        inputs_embeds: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Any]:
+        """Final hidden states ``[B, T, H]`` (after the final norm) and the KV cache."""
+        past_length = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, past_length)
+        cache_arg = {self._cache_name: past_key_values} if past_key_values is not None else {}
+        output = self.base(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            return_dict=True,
+            **cache_arg,
+        )
+        return output.last_hidden_state, getattr(output, self._cache_name) if use_cache else None
+
+    @functools.cached_property
+    def _cache_name(self) -> str:
+        """transformers renamed ``past_key_values`` to ``cache``; use what this version takes."""
+        parameters = inspect.signature(self.base.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The LM head on the given hidden states (call it on supervised positions only)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        scale = getattr(self.model.config, "final_logit_softcapping", None)
+        if scale:
+            logits = torch.tanh(logits / scale) * scale
+        return logits

@@ -1,0 +1,146 @@
+"""Generation-based evaluation shared by every mechanism: predictions, metrics, result files.
+
+Each rank collects ``(id, prompt, prediction, references)`` records; at the end of the epoch the
+records are gathered, de-duplicated by id (distributed samplers pad), and scored once, so the metric
+equals the single-process value whatever the number of ranks or the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+
+def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All ranks' records, each id once, sorted by id."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[list[dict[str, Any]] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in (part or [])]
+    unique = {str(r["id"]): r for r in records}
+    return [unique[k] for k in sorted(unique, key=_natural)]
+
+
+def _natural(key: str) -> tuple[int, Any]:
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+def score(task: str, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """The task's metrics on coco-caption / official-VQA scales (VQA accuracy in [0, 1])."""
+    from perceptlm.metrics import functional as M
+
+    if not predictions:
+        return {}
+    if task == "vqa":
+        return {"accuracy": float(M.vqa_accuracy(predictions, references))}
+    if task == "caption":
+        bleu = M.bleu(predictions, references)
+        return {"cider": float(M.cider(predictions, references)), "bleu4": float(bleu[3]),
+                "rouge_l": float(M.rouge_l(predictions, references))}
+    raise ValueError(f"no metrics for task {task!r}; valid tasks: 'vqa', 'caption'")
+
+
+class EvaluationMixin:
+    """validation/test/predict steps for :class:`InterfaceModule`."""
+
+    def _decode(self, ids: torch.Tensor) -> list[str]:
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
+        predictions = self._decode(self.generate(*args))
+        blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
+        for i, sample_id in enumerate(batch["ids"]):
+            record = {"id": sample_id, "prompt": batch["prompts"][i], "prediction": predictions[i],
+                      "references": batch["references"][i]}
+            if blind is not None:
+                record["blind_prediction"] = blind[i]
+            self._records.append(record)
+        self._task = batch["task"]
+
+    def _eval_start(self) -> None:
+        self._records: list[dict[str, Any]] = []
+        self._task = "vqa"
+        self._eval_clock = time.perf_counter()
+
+    def _eval_end(self, stage: str) -> dict[str, Any]:
+        records = gather_records(self._records)
+        self._records = []
+        refs = [r["references"] for r in records]
+        metrics = score(self._task, [r["prediction"] for r in records], refs)
+        if records and "blind_prediction" in records[0]:
+            blind = score(self._task, [r["blind_prediction"] for r in records], refs)
+            metrics.update({f"blind_{k}": v for k, v in blind.items()})
+        metrics["num_samples"] = float(len(records))
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
+        return {"metrics": metrics, "records": records, "seconds": time.perf_counter() - self._eval_clock}
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        result = self._eval_end("test")
+        if self.trainer.is_global_zero:
+            self.write_results(result)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"]))
+        return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch["ids"], batch["prompts"], predictions)]
+
+    def write_results(self, result: dict[str, Any]) -> Path:
+        """``results.json`` + ``predictions.jsonl`` in the run directory; prints a summary table."""
+        trainer = self.trainer
+        run_dir = Path(trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        datamodule = trainer.datamodule
+        metrics = result["metrics"]
+        summary: dict[str, Any] = {
+            **{k: v for k, v in metrics.items() if k != "num_samples"},
+            "num_eval_samples": int(metrics["num_samples"]),
+            "preset": self.preset.name,
+            "encoder": self.encoder_name,
+            "llm": self.llm_name,
+            "dataset": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
+            "task": self._task,
+            "fraction": getattr(datamodule, "fraction", None),
+            "seed": getattr(datamodule, "seed", None),
+            "batch_size": getattr(datamodule, "eval_batch_size", None),
+            "trainable_params": self.num_trainable_parameters,
+            "visual_tokens": self.num_visual_tokens,
+            "train_seconds": round(self.train_seconds, 2),
+            "eval_seconds": round(result["seconds"], 2),
+            "eval_samples_per_second": round(metrics["num_samples"] / max(result["seconds"], 1e-9), 2),
+            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        }
+        if self._task == "vqa":
+            summary["num_eval_questions"] = summary["num_eval_samples"]
+        if self.train_samples and self.train_seconds:
+            summary["train_samples"] = self.train_samples
+            summary["train_samples_per_second"] = round(self.train_samples / self.train_seconds, 2)
+        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        with open(run_dir / "predictions.jsonl", "w") as handle:
+            for record in result["records"]:
+                handle.write(json.dumps(record) + "\n")
+        width = max(len(k) for k in summary)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
+        print(f"results: {run_dir / 'results.json'}  predictions: {run_dir / 'predictions.jsonl'}")
+        return run_dir / "results.json"

@@ -1,0 +1,273 @@
+"""``InterfaceModule``: frozen encoder + trainable connector + injection + LLM tuning + frozen LLM."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from perceptlm import generation
+from perceptlm.connectors import MappingConnector
+from perceptlm.encoders.base import PerceptualEncoder
+from perceptlm.injection import INJECTIONS
+from perceptlm.llm.language_model import LanguageModel
+from perceptlm.modules import presets
+from perceptlm.modules.evaluation import EvaluationMixin
+from perceptlm.tuning import PromptTokens
+
+FROZEN_COMPONENTS = ("encoder", "llm")
+
+
+class InterfaceModule(EvaluationMixin, LightningModule):
+    """One interface mechanism between a frozen perceptual encoder and a frozen LLM.
+
+    ``preset`` names the mechanism (:func:`perceptlm.presets.names`); ``features``, ``connector``,
+    ``injection`` and ``prompt_tokens`` override its fields (dicts merge). ``encoder`` and ``llm``
+    are zoo names or loaded modules. Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
+    eps 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``, then
+    cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002; loss on answer tokens + EOS.
+    """
+
+    def __init__(
+        self,
+        preset: str = "depalm-qp-l0",
+        encoder: str | PerceptualEncoder = "test-tiny-vit",
+        llm: str | LanguageModel = "test-tiny-llama",
+        features: dict[str, Any] | None = None,
+        connector: dict[str, Any] | None = None,
+        injection: str | None = None,
+        prompt_tokens: int | None = None,
+        lr: float = 8e-4,
+        weight_decay: float = 0.1,
+        adam_eps: float = 1e-4,
+        warmup_fraction: float = 0.2,
+        min_lr_ratio: float = 1e-4,
+        label_smoothing: float = 0.002,
+        max_new_tokens: int = 20,
+        num_beams: int = 1,
+        eval_blind: bool = False,
+    ) -> None:
+        super().__init__()
+        from perceptlm import zoo
+
+        self.save_hyperparameters(ignore=[] if isinstance(encoder, str) and isinstance(llm, str) else ["encoder", "llm"])
+        self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
+        self.llm_name = llm if isinstance(llm, str) else llm.name
+        self.preset = presets.get(preset).with_overrides(
+            features=features, connector=connector, injection=injection, prompt_tokens=prompt_tokens
+        )
+        self.encoder = encoder if isinstance(encoder, PerceptualEncoder) else zoo.load_encoder(encoder, **self.preset.features)
+        self.llm = llm if isinstance(llm, LanguageModel) else zoo.load_llm(llm)
+        self.connector = MappingConnector(self.encoder.embed_dim, self.llm.hidden_size, **self.preset.connector)
+        if self.preset.injection not in INJECTIONS:
+            raise ValueError(f"unknown injection {self.preset.injection!r}; valid: {sorted(INJECTIONS)}")
+        self.injection = INJECTIONS[self.preset.injection]()
+        self.injection.install(self.llm)
+        self.prompt = PromptTokens(self.preset.prompt_tokens, self.llm.hidden_size) if self.preset.prompt_tokens else None
+        self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
+        self.train_seconds = 0.0
+        self.train_samples = 0
+        self._clock: float | None = None
+
+    # -- structure ---------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.llm.tokenizer
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.connector.num_output_tokens(self.encoder.num_tokens * self.encoder.num_selected_layers)
+
+    def train(self, mode: bool = True) -> "InterfaceModule":
+        super().train(mode)
+        self.encoder.train(mode)  # both stay in eval unless trainable
+        self.llm.train(mode)
+        return self
+
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys a checkpoint holds: trainable parameters and non-frozen buffers."""
+        keys = {name for name, p in self.named_parameters() if p.requires_grad}
+        keys |= {name for name, _ in self.named_buffers() if name.split(".")[0] not in FROZEN_COMPONENTS}
+        return keys
+
+    def parameter_table(self) -> list[tuple[str, int, int]]:
+        """(component, trainable, frozen) parameter counts."""
+        rows = []
+        for name, module in self.named_children():
+            params = list(module.parameters())
+            trainable = sum(p.numel() for p in params if p.requires_grad)
+            rows.append((name, trainable, sum(p.numel() for p in params) - trainable))
+        return rows
+
+    @property
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "connect") and not datamodule.connected:
+            datamodule.connect(self.tokenizer, self.encoder.preprocess, self.encoder.stack_media)
+
+    # -- computation -------------------------------------------------------------------------------
+    def perceive(self, media: Any, blind: bool = False) -> Tensor:
+        """Media -> LLM-width perceptual tokens ``[B, K, H]``; zeros when ``blind`` (the "blind"
+        baseline: same model, perception removed — the encoder does not run)."""
+        if blind:
+            batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
+            weight = next(self.connector.parameters())
+            return weight.new_zeros(batch, self.num_visual_tokens, self.llm.hidden_size)
+        return self.connector(self.encoder(media))
+
+    def prefix(self, visual: Tensor) -> Tensor:
+        """Everything placed before the text: prompt tokens, then L0 perceptual tokens."""
+        parts = []
+        if self.prompt is not None:
+            parts.append(self.prompt(visual.shape[0]).to(visual.dtype))
+        injected = self.injection.prefix(visual)
+        if injected is not None:
+            parts.append(injected)
+        if not parts:
+            return visual.new_zeros(visual.shape[0], 0, self.llm.hidden_size)
+        return torch.cat(parts, dim=1)
+
+    def _inputs(self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, int]:
+        prefix = self.prefix(visual)
+        text = self.llm.embed(input_ids).to(prefix.dtype)
+        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        return torch.cat([prefix, text], dim=1), mask, prefix.shape[1]
+
+    def _hidden(self, media: Any, input_ids: Tensor, attention_mask: Tensor, blind: bool = False) -> tuple[Tensor, int]:
+        """Final LLM hidden states over ``[prefix; text]`` and the prefix length."""
+        visual = self.perceive(media, blind)
+        embeds, mask, offset = self._inputs(visual, input_ids, attention_mask)
+        with self.injection.context(visual):
+            hidden, _ = self.llm.hidden(embeds, mask)
+        return hidden, offset
+
+    def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits ``[B, T, V]`` over the text positions."""
+        hidden, offset = self._hidden(media, input_ids, attention_mask)
+        return self.llm.logits(hidden[:, offset:])
+
+    def loss(self, batch: dict[str, Any]) -> Tensor:
+        """Cross-entropy on supervised tokens only; the LM head runs on those positions alone.
+
+        The last prefix position predicts the first text token, so an empty prompt still trains
+        the first target token."""
+        hidden, offset = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"])
+        labels = batch["labels"]
+        if offset > 0:
+            predictors = hidden[:, offset - 1 : -1]
+        else:
+            predictors, labels = hidden[:, :-1], labels[:, 1:]
+        supervised = labels != -100
+        logits = self.llm.logits(predictors[supervised])
+        return F.cross_entropy(logits.float(), labels[supervised], label_smoothing=self.hparams.label_smoothing)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        media: Any,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        max_new_tokens: int | None = None,
+        num_beams: int | None = None,
+        blind: bool = False,
+    ) -> Tensor:
+        """New token ids ``[B, <=max_new_tokens]`` after left-padded prompts (EOS, then padding)."""
+        max_new_tokens = self.hparams.max_new_tokens if max_new_tokens is None else max_new_tokens
+        num_beams = num_beams or self.hparams.num_beams
+        visual = self.perceive(media, blind)
+        embeds, mask, _ = self._inputs(visual, input_ids, attention_mask)
+        eos, pad = self.llm.eos_token_id, self.tokenizer.pad_token_id
+        with self.injection.context(visual):
+            if num_beams == 1:
+                return generation.greedy(self.llm, embeds, mask, max_new_tokens, eos, pad)
+            return generation.beam_search(self.llm, embeds, mask, max_new_tokens, eos, pad, num_beams)
+
+    # -- training ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        batch_size = batch["input_ids"].shape[0]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.train_samples += batch_size * self.trainer.world_size
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            eps=self.hparams.adam_eps,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_fraction * total)
+        floor = self.hparams.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return floor + (1 - floor) * step / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        rows = self.parameter_table()
+        if self.trainer.is_global_zero:
+            lines = [f"{'component':<12}{'trainable':>14}{'frozen':>14}"]
+            lines += [f"{name:<12}{t:>14,}{f:>14,}" for name, t, f in rows]
+            print("\n".join(lines))
+        for logger in self.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table("parameters", columns=["component", "trainable", "frozen"], data=[list(r) for r in rows])
+            if hasattr(logger, "log_hyperparams"):
+                logger.log_hyperparams({"trainable_params": self.num_trainable_parameters,
+                                        "visual_tokens": self.num_visual_tokens})
+
+    def on_train_start(self) -> None:
+        self._clock = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            now = time.perf_counter()
+            self.train_seconds += now - self._clock
+            self._clock = now
+
+    # -- checkpoints: trainable weights only ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_clock()
+        keep = self.trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["perceptlm"] = {
+            "train_seconds": self.train_seconds,
+            "train_samples": self.train_samples,
+            "preset": self.preset.name,
+            "encoder": self.encoder_name,
+            "llm": self.llm_name,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = self.trainable_keys() - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"checkpoint lacks trainable weights {sorted(missing)[:5]} (and {max(0, len(missing) - 5)} more)")
+        unexpected = [k for k in checkpoint["state_dict"] if k.split(".")[0] in FROZEN_COMPONENTS and k not in self.trainable_keys()]
+        if unexpected:
+            raise KeyError(f"checkpoint holds frozen-backbone weights {unexpected[:5]}: not a perceptlm checkpoint")
+        state = checkpoint.get("perceptlm", {})
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.train_samples = int(state.get("train_samples", 0))

@@ -1,0 +1,3 @@
+from perceptlm.tuning.prompt import PromptTokens
+
+__all__ = ["PromptTokens"]

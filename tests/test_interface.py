@@ -1,0 +1,142 @@
+"""InterfaceModule contracts on tiny backbones: freezing, loss, generation, checkpoints."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perceptlm import presets
+from perceptlm.data.collate import Collator, Sample
+
+
+def _module(tiny_encoder, tiny_llm, **overrides):
+    return presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, **overrides)
+
+
+def _batch(module, prompts, answers, train=True, size=32):
+    samples = [Sample(str(i), torch.randn(3, size, size), p, [a]) for i, (p, a) in enumerate(zip(prompts, answers))]
+    return Collator(module.tokenizer, "vqa", train=train)(samples)
+
+
+PROMPTS = ["what shape?\n\nAnswer:\n", "is there a red shape in the image?\n\nAnswer:\n", "color?\n\nAnswer:\n"]
+ANSWERS = ["circle", "no", "teal"]
+
+
+def test_presets_listed_and_unknown_rejected(tiny_encoder, tiny_llm):
+    assert "depalm-qp-l0" in presets.names()
+    with pytest.raises(ValueError, match="valid presets: .*depalm-qp-l0"):
+        presets.build("no-such-preset", tiny_encoder, tiny_llm)
+    with pytest.raises(ValueError, match="unknown preset override"):
+        presets.get("depalm-qp-l0").with_overrides(mapper={"x": 1})
+
+
+def test_structure_and_trainable_count(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm)
+    assert module.num_visual_tokens == 32
+    D, W, H, Q, n, P = tiny_encoder.embed_dim, tiny_encoder.embed_dim, tiny_llm.hidden_size, 32, 2, 1
+    # The formula documented on the preset (post-norm layer: attention 4W^2+4W, FFN 2W^2+3W, norms 4W).
+    expected = D * W + W + Q * W + n * (4 * W * W + 4 * W + 2 * W * W + W + W + 4 * W) + W * H + H + P * H
+    assert module.num_trainable_parameters == expected
+    table = dict((name, (t, f)) for name, t, f in module.parameter_table())
+    assert table["encoder"][0] == 0 and table["llm"][0] == 0 and table["encoder"][1] > 0
+
+
+def test_frozen_backbones_stay_eval_and_unchanged_after_a_step(tiny_encoder, tiny_llm):
+    module = _module(copy.deepcopy(tiny_encoder), copy.deepcopy(tiny_llm))
+    module.train()
+    assert not module.encoder.training and not module.llm.training and module.connector.training
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    loss = module.loss(_batch(module, PROMPTS, ANSWERS))
+    loss.backward()
+    optimizer.step()
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("connector.", "prompt.")) for k in changed)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "llm.")))
+
+
+def test_loss_is_answer_tokens_plus_eos(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm, label_smoothing=0.0).eval()
+    batch = _batch(module, PROMPTS, ANSWERS)
+    eos = module.tokenizer.eos_token_id
+    for row, answer in zip(batch["labels"], ANSWERS):
+        supervised = row[row != -100].tolist()
+        assert supervised == module.tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
+    # Same value as cross-entropy over the full-vocabulary logits of forward().
+    logits = module(batch["media"], batch["input_ids"], batch["attention_mask"])
+    targets = batch["labels"][:, 1:]
+    reference = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    assert torch.allclose(module.loss(batch), reference, atol=1e-5)
+
+
+def test_forward_is_causal(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS[:1], ANSWERS[:1])
+    ids = batch["input_ids"].clone()
+    logits = module(batch["media"], ids, batch["attention_mask"])
+    t = ids.shape[1] // 2
+    ids[:, t + 1] = (ids[:, t + 1] + 7) % module.tokenizer.vocab_size
+    changed = module(batch["media"], ids, batch["attention_mask"])
+    assert torch.allclose(logits[:, : t + 1], changed[:, : t + 1], atol=1e-6)
+    assert not torch.allclose(logits[:, t + 1 :], changed[:, t + 1 :])
+
+
+def test_batched_left_padded_generation_equals_single(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS, ANSWERS, train=False)
+    together = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6)
+    for i in range(len(PROMPTS)):
+        mask = batch["prompt_mask"][i : i + 1].bool()[0]
+        alone = module.generate(batch["media"][i : i + 1], batch["prompt_ids"][i : i + 1, mask],
+                                batch["prompt_mask"][i : i + 1, mask], max_new_tokens=6)
+        assert torch.equal(alone[0], together[i, : alone.shape[1]])
+
+
+def test_cached_generation_equals_recomputation(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
+    media, ids, mask = batch["media"], batch["prompt_ids"], batch["prompt_mask"]
+    cached = module.generate(media, ids, mask, max_new_tokens=5)
+    for _ in range(5):  # greedy without a cache: the full forward each step
+        logits = module(media, ids, mask)
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+    assert torch.equal(cached[0], ids[0, -5:][: cached.shape[1]])
+
+
+def test_beam_search_scores_at_least_greedy(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS, ANSWERS, train=False)
+    args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
+    beams = module.generate(*args, max_new_tokens=4, num_beams=3)
+    one_beam = module.generate(*args, max_new_tokens=4, num_beams=1)
+    assert beams.shape[0] == 3 and beams.shape[1] <= 4
+
+    def logprob(new):  # sum of log-probabilities of the generated continuation
+        ids = torch.cat([args[1], new], dim=1)
+        mask = torch.cat([args[2], torch.ones_like(new)], dim=1)
+        logp = torch.log_softmax(module(args[0], ids, mask), -1)[:, args[1].shape[1] - 1 : -1]
+        return logp.gather(-1, new[..., None])[..., 0].sum(-1)
+
+    if beams.shape[1] == one_beam.shape[1] == 4:
+        assert bool((logprob(beams) >= logprob(one_beam) - 1e-4).all())
+
+
+def test_checkpoint_holds_trainable_weights_only(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    keys = set(checkpoint["state_dict"])
+    assert keys == module.trainable_keys()
+    assert not any(k.startswith(("encoder.", "llm.")) for k in keys)
+    other = _module(tiny_encoder, tiny_llm)
+    other.on_load_checkpoint(checkpoint)
+    other.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in checkpoint["state_dict"].items())
+    del checkpoint["state_dict"]["connector.output.0.weight"]
+    with pytest.raises(KeyError, match="lacks trainable weights"):
+        other.on_load_checkpoint(checkpoint)
