@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from perceptlm.modules.interface import InterfaceModule
+
+# Frozen backbones stay in eval mode during fit by design (see InterfaceModule.train).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 class PerceptLMCLI(LightningCLI):

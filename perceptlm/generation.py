@@ -7,7 +7,7 @@ Positions come from the attention mask, so a left-padded sample decodes exactly 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -28,6 +28,25 @@ def make_step(llm: LanguageModel) -> StepFn:
     return step
 
 
+def stop_string_criterion(tokenizer: Any, stop_strings: Sequence[str]) -> Callable[[Tensor], Tensor]:
+    """``generated [B, t] -> bool [B]``: True where the decoded text contains a stop string."""
+
+    def check(generated: Tensor) -> Tensor:
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in stop_strings) for t in texts], device=generated.device)
+
+    return check
+
+
+def truncate_at_stop(text: str, stop_strings: Sequence[str] | None) -> str:
+    """Cut ``text`` before the first stop string it contains."""
+    for stop in stop_strings or ():
+        index = text.find(stop)
+        if index >= 0:
+            text = text[:index]
+    return text
+
+
 def _stop_ids(eos_token_id: int | Sequence[int] | None) -> Tensor:
     if eos_token_id is None:
         return torch.empty(0, dtype=torch.long)
@@ -44,8 +63,10 @@ def greedy(
     eos_token_id: int | Sequence[int] | None,
     pad_token_id: int,
     step: StepFn | None = None,
+    stop: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Greedy decoding. Returns new token ids ``[B, <=max_new_tokens]``, padded after EOS."""
+    """Greedy decoding. Returns new token ids ``[B, <=max_new_tokens]``, padded after EOS.
+    ``stop(generated) -> bool [B]`` ends a sequence early (stop strings)."""
     step = step or make_step(llm)
     batch = inputs_embeds.shape[0]
     device = inputs_embeds.device
@@ -58,6 +79,8 @@ def greedy(
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         out.append(token)
         finished |= torch.isin(token, stops)
+        if stop is not None:
+            finished |= stop(torch.stack(out, dim=1))
         if bool(finished.all()):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)

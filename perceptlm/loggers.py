@@ -33,3 +33,10 @@ class AutoWandbLogger(WandbLogger):
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("WANDB_SILENT", "true")
         super().__init__(project=project, save_dir=save_dir, offline=mode == "offline", mode=mode, **kwargs)
+
+    def finalize(self, status: str) -> None:
+        """Close the W&B run so the next fit/test in this process starts its own."""
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None

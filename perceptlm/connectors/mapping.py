@@ -20,7 +20,12 @@ class Connector(nn.Module):
     in_dim: int
     out_dim: int
 
-    def num_output_tokens(self, num_input_tokens: int) -> int:
+    def num_output_tokens(
+        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+    ) -> int:
+        """Tokens produced at evaluation for ``num_input_tokens`` (all selected layers together);
+        ``grid``: the patch grid (None for 1-D sequences or CLS only), ``has_cls``: whether the
+        features hold a CLS token, ``num_layers``: selected encoder layers."""
         raise NotImplementedError
 
     def forward(self, features: PerceptualFeatures) -> Tensor:
@@ -82,7 +87,9 @@ class MappingConnector(Connector):
             raise ValueError(f"transformer={transformer!r} is unknown; valid: 'qpmapper', None")
         self.output = mlp(width, out_dim, output_depth)
 
-    def num_output_tokens(self, num_input_tokens: int) -> int:
+    def num_output_tokens(
+        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+    ) -> int:
         return self.transformer.num_queries if self.transformer is not None else num_input_tokens
 
     def forward(self, features: PerceptualFeatures) -> Tensor:

@@ -183,9 +183,16 @@ class EfficientNetEncoder(PerceptualEncoder):
         self.setup_selection()
 
     def feature_map(self, images: Tensor) -> Tensor:
-        """``[B, 3, H, W]`` normalised images -> ``[B, 1280, H/32, W/32]``."""
+        """``[B, 3, H, W]`` normalised images -> ``[B, 1280, H/32, W/32]``.
+
+        Runs in channels-last layout, which oneDNN's depthwise convolutions need to be fast on CPU
+        (about 1.5x here); the values are unchanged."""
         dtype = next(self.model.parameters()).dtype
-        return self.model.forward_features(images.to(dtype))
+        if not getattr(self, "_channels_last", False):
+            self.model.to(memory_format=torch.channels_last)
+            self._channels_last = True
+        images = images.to(dtype).contiguous(memory_format=torch.channels_last)
+        return self.model.forward_features(images).contiguous()
 
     def hidden_states(self, media: Tensor, layers: list[int]) -> tuple[list[Tensor], Tensor | None]:
         if list(layers) != [0]:

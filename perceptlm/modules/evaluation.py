@@ -7,6 +7,7 @@ equals the single-process value whatever the number of ranks or the batch size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from perceptlm.generation import truncate_at_stop
 
 
 
@@ -38,6 +41,11 @@ def score(task: str, predictions: list[str], references: list[list[str]]) -> dic
     if not predictions:
         return {}
     if task == "vqa":
+        if all(len(r) == 1 for r in references):
+            # One ground-truth answer per question (easy-VQA, GQA-style): the VQA leave-one-out
+            # formula needs several annotators, so score normalised exact match instead.
+            hits = [M.vqa_normalize_answer(p) == M.vqa_normalize_answer(r[0]) for p, r in zip(predictions, references)]
+            return {"accuracy": sum(hits) / len(hits)}
         return {"accuracy": float(M.vqa_accuracy(predictions, references))}
     if task == "caption":
         bleu = M.bleu(predictions, references)
@@ -51,7 +59,7 @@ class EvaluationMixin:
 
     def _decode(self, ids: torch.Tensor) -> list[str]:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        return [truncate_at_stop(t, self.hparams.stop_strings).strip() for t in texts]
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
         args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
@@ -106,6 +114,14 @@ class EvaluationMixin:
         predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"]))
         return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch["ids"], batch["prompts"], predictions)]
 
+    def config_hash(self) -> str:
+        """Short hash of what defines the run: model hyper-parameters and the data selection."""
+        datamodule = self.trainer.datamodule
+        data = {k: getattr(datamodule, k, None) for k in ("name", "data_root", "task", "template", "fraction",
+                                                         "limit", "seed", "max_length")}
+        blob = json.dumps({"model": dict(self.hparams), "data": data}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
     def write_results(self, result: dict[str, Any]) -> Path:
         """``results.json`` + ``predictions.jsonl`` in the run directory; prints a summary table."""
         trainer = self.trainer
@@ -130,6 +146,7 @@ class EvaluationMixin:
             "eval_seconds": round(result["seconds"], 2),
             "eval_samples_per_second": round(metrics["num_samples"] / max(result["seconds"], 1e-9), 2),
             "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "config_hash": self.config_hash(),
         }
         if self._task == "vqa":
             summary["num_eval_questions"] = summary["num_eval_samples"]

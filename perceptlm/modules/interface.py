@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any
@@ -12,13 +13,13 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from perceptlm import generation
-from perceptlm.connectors import MappingConnector
-from perceptlm.encoders.base import PerceptualEncoder
+from perceptlm.connectors import build_connector
+from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
 from perceptlm.injection import INJECTIONS
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
 from perceptlm.modules.evaluation import EvaluationMixin
-from perceptlm.tuning import PromptTokens
+from perceptlm.tuning import PromptTokens, apply_llm_tuning
 
 FROZEN_COMPONENTS = ("encoder", "llm")
 
@@ -27,8 +28,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
     """One interface mechanism between a frozen perceptual encoder and a frozen LLM.
 
     ``preset`` names the mechanism (:func:`perceptlm.presets.names`); ``features``, ``connector``,
-    ``injection`` and ``prompt_tokens`` override its fields (dicts merge). ``encoder`` and ``llm``
-    are zoo names or loaded modules. Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
+    ``injection``, ``prompt_tokens`` and ``llm_tuning`` (frozen | lora | norms | full, with
+    ``llm_tuning_options`` such as LoRA's ``r``) override its fields (dicts merge). ``encoder`` and ``llm``
+    are zoo names or loaded modules. Decoding: ``max_new_tokens``, ``num_beams`` (1 = greedy),
+    ``stop_strings`` (the text is cut before the first one; greedy decoding also stops there). Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
     eps 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``, then
     cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002; loss on answer tokens + EOS.
     """
@@ -42,6 +45,8 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         connector: dict[str, Any] | None = None,
         injection: str | None = None,
         prompt_tokens: int | None = None,
+        llm_tuning: str | None = None,
+        llm_tuning_options: dict[str, Any] | None = None,
         lr: float = 8e-4,
         weight_decay: float = 0.1,
         adam_eps: float = 1e-4,
@@ -50,6 +55,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         label_smoothing: float = 0.002,
         max_new_tokens: int = 20,
         num_beams: int = 1,
+        stop_strings: list[str] | None = None,
         eval_blind: bool = False,
     ) -> None:
         super().__init__()
@@ -59,15 +65,19 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
         self.llm_name = llm if isinstance(llm, str) else llm.name
         self.preset = presets.get(preset).with_overrides(
-            features=features, connector=connector, injection=injection, prompt_tokens=prompt_tokens
+            features=features, connector=connector, injection=injection, prompt_tokens=prompt_tokens,
+            llm_tuning=llm_tuning,
         )
         self.encoder = encoder if isinstance(encoder, PerceptualEncoder) else zoo.load_encoder(encoder, **self.preset.features)
+        if isinstance(llm, LanguageModel) and self.preset.llm_tuning != "frozen":
+            llm = copy.deepcopy(llm)  # tuning adds or unfreezes weights: leave the caller's LLM as it was
         self.llm = llm if isinstance(llm, LanguageModel) else zoo.load_llm(llm)
-        self.connector = MappingConnector(self.encoder.embed_dim, self.llm.hidden_size, **self.preset.connector)
+        self.connector = build_connector(self.encoder.embed_dim, self.llm.hidden_size, self.preset.connector)
         if self.preset.injection not in INJECTIONS:
             raise ValueError(f"unknown injection {self.preset.injection!r}; valid: {sorted(INJECTIONS)}")
         self.injection = INJECTIONS[self.preset.injection]()
         self.injection.install(self.llm)
+        apply_llm_tuning(self.llm, self.preset.llm_tuning, **(llm_tuning_options or {}))
         self.prompt = PromptTokens(self.preset.prompt_tokens, self.llm.hidden_size) if self.preset.prompt_tokens else None
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.train_seconds = 0.0
@@ -81,7 +91,14 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     @property
     def num_visual_tokens(self) -> int:
-        return self.connector.num_output_tokens(self.encoder.num_tokens * self.encoder.num_selected_layers)
+        """Perceptual tokens the LLM receives at evaluation (R-rand keeps fewer in training)."""
+        enc = self.encoder
+        return self.connector.num_output_tokens(
+            enc.num_tokens * enc.num_selected_layers,
+            grid=None if enc.token_selection == "cls" else enc.grid,
+            has_cls=enc.has_cls and enc.token_selection != "patches",
+            num_layers=enc.num_selected_layers,
+        )
 
     def train(self, mode: bool = True) -> "InterfaceModule":
         super().train(mode)
@@ -90,9 +107,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         return self
 
     def trainable_keys(self) -> set[str]:
-        """State-dict keys a checkpoint holds: trainable parameters and non-frozen buffers."""
+        """State-dict keys a checkpoint holds: everything outside the frozen backbones (a frozen
+        Q-Former inside the connector included) plus any trainable backbone parameter."""
         keys = {name for name, p in self.named_parameters() if p.requires_grad}
-        keys |= {name for name, _ in self.named_buffers() if name.split(".")[0] not in FROZEN_COMPONENTS}
+        keys |= {name for name in self.state_dict() if name.split(".")[0] not in FROZEN_COMPONENTS}
         return keys
 
     def parameter_table(self) -> list[tuple[str, int, int]]:
@@ -115,13 +133,22 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     # -- computation -------------------------------------------------------------------------------
     def perceive(self, media: Any, blind: bool = False) -> Tensor:
-        """Media -> LLM-width perceptual tokens ``[B, K, H]``; zeros when ``blind`` (the "blind"
-        baseline: same model, perception removed — the encoder does not run)."""
-        if blind:
-            batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
-            weight = next(self.connector.parameters())
-            return weight.new_zeros(batch, self.num_visual_tokens, self.llm.hidden_size)
-        return self.connector(self.encoder(media))
+        """Media -> LLM-width perceptual tokens ``[B, K, H]``.
+
+        ``blind=True`` is the "blind" baseline: the same model with the perceptual tokens (the
+        encoder's outputs) zeroed, so the LLM still receives the connector's summary tokens, but
+        they carry no information about the media (the encoder does not run)."""
+        features = self.encoder(media) if not blind else self._zero_features(media)
+        return self.connector(features)
+
+    def _zero_features(self, media: Any) -> PerceptualFeatures:
+        batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
+        weight = next(self.connector.parameters())
+        shape = (batch, self.encoder.num_selected_layers, self.encoder.num_tokens, self.encoder.embed_dim)
+        tokens = weight.new_zeros(shape)
+        cls_index = 0 if self.encoder.has_cls and self.encoder.token_selection != "patches" else None
+        grid = None if self.encoder.token_selection == "cls" else self.encoder.grid
+        return PerceptualFeatures(tokens, torch.ones(shape[:1] + shape[2:3], dtype=torch.bool, device=tokens.device), cls_index, grid)
 
     def prefix(self, visual: Tensor) -> Tensor:
         """Everything placed before the text: prompt tokens, then L0 perceptual tokens."""
@@ -187,7 +214,9 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         eos, pad = self.llm.eos_token_id, self.tokenizer.pad_token_id
         with self.injection.context(visual):
             if num_beams == 1:
-                return generation.greedy(self.llm, embeds, mask, max_new_tokens, eos, pad)
+                stops = self.hparams.stop_strings
+                stop = generation.stop_string_criterion(self.tokenizer, stops) if stops else None
+                return generation.greedy(self.llm, embeds, mask, max_new_tokens, eos, pad, stop=stop)
             return generation.beam_search(self.llm, embeds, mask, max_new_tokens, eos, pad, num_beams)
 
     # -- training ----------------------------------------------------------------------------------

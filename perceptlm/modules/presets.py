@@ -15,11 +15,15 @@ class Preset:
     """One mechanism along DePALM's four axes.
 
     ``features``: encoder selection (``layers``, ``tokens``, ``final_norm``).
-    ``connector``: :class:`~perceptlm.connectors.MappingConnector` arguments.
+    ``connector``: ``{"type": name in perceptlm.connectors.CONNECTORS (default "mapping"), **its
+    arguments}``, built by :func:`perceptlm.connectors.build_connector`.
     ``injection``: name in :data:`perceptlm.injection.INJECTIONS`.
     ``prompt_tokens``: learned input prompt tokens (DePALM §3.4).
-    ``trainable_formula``: the trainable-parameter count in terms of the feature width ``D``, the
-    mapper width ``W``, the LLM width ``H``, queries ``Q`` and mapper layers ``n``.
+    ``llm_tuning``: what of the LLM trains ("frozen", "lora", ...; DePALM's fourth axis).
+    ``trainable_formula``: the trainable-parameter count as an arithmetic expression in the feature
+    width ``D``, the mapper width ``W``, the LLM width ``H``, queries/output tokens ``Q``, mapper layers
+    ``n``, prompt tokens ``P`` and Q-Former cross-attention layers ``C``; parenthesised words are
+    comments (the tests evaluate the expression without them).
     """
 
     name: str
@@ -29,6 +33,7 @@ class Preset:
     injection: str = "prefix"
     prompt_tokens: int = 0
     trainable_formula: str = ""
+    llm_tuning: str = "frozen"
 
     def with_overrides(self, **overrides: Any) -> "Preset":
         """Merge dict-valued overrides (``features``, ``connector``) and replace the rest."""
@@ -46,9 +51,41 @@ class Preset:
 
 
 _QP_FORMULA = (
-    "D*W+W (input Linear) + Q*W (queries) + n*(4*W*W+4*W + 2*W*W+3*W + 4*W) (post-norm layers, "
-    "FFN width W) + W*H+H (output Linear) + P*H (prompt tokens)"
+    "D*W+W (input Linear) + Q*W (queries) + n*(4*W*W+4*W + 2*W*W+2*W + 4*W) (post-norm layers: "
+    "attention, FFN of width W, two LayerNorms) + W*H+H (output Linear) + P*H (prompt tokens)"
 )
+_LINEAR_FORMULA = "D*H+H (one Linear, shared by every token)"
+_RESAMPLER_TAIL = "D (RMSNorm) + D*H+H (output Linear) + P*H (prompt token)"
+_QFORMER_BODY = (
+    "2*D (LayerNorm on the features) + Q*W+2*W (queries and their LayerNorm) + n*(12*W*W+13*W) "
+    "(self-attention, FFN 4W, LayerNorms) + C*(2*W*W+2*D*W+6*W) (cross-attention blocks, C = n/f rounded up)"
+)
+_DEPALM = "DePALM (Vallaeys et al. 2024)"
+_GARG_BAS = "Garg & Bas 2023 §2"
+_ALL_LAST = {"layers": 1, "tokens": "all"}
+_BLIP2_QFORMER = {"type": "qformer", "width": 768, "num_queries": 32, "num_layers": 12, "num_heads": 12,
+                  "cross_attention_freq": 2}
+
+
+_RESAMPLER_PAPER = {
+    "avgpool": "'R-avgpool': CLS + the mean of each 2x2 window (4 frames in 1-D)",
+    "linear": "'R-linear': CLS + Linear(4d->d) of each concatenated 2x2 window (4 frames in 1-D)",
+    "qpmapper": "'R-QPMapper': CLS + one QPMapper query per 2x2 window (4 frames in 1-D)",
+    "rand": "'R-rand': CLS + a random 1/16..1/2 of the patch tokens in training, all at evaluation",
+}
+
+
+def _resampler(mode: str, formula_head: str, **extra: Any) -> Preset:
+    return Preset(
+        name=f"depalm-r-{mode}",
+        paper=f"{_DEPALM} §3.2 token resampler {_RESAMPLER_PAPER[mode]}; RMSNorm -> Linear; L0 + 1 prompt token",
+        features=dict(_ALL_LAST),
+        connector={"type": "resampler", "mode": mode, **extra},
+        injection="prefix",
+        prompt_tokens=1,
+        trainable_formula=f"{formula_head} + {_RESAMPLER_TAIL}" if formula_head else _RESAMPLER_TAIL,
+    )
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -61,6 +98,78 @@ PRESETS: dict[str, Preset] = {
             injection="prefix",
             prompt_tokens=1,
             trainable_formula=_QP_FORMULA,
+        ),
+        Preset(
+            name="limber-1",
+            paper=f"LiMBeR (Merullo et al. 2023) as 'LiMBeR(1)' in {_DEPALM} §3 presets: last-layer CLS -> Linear -> 1 token at L0",
+            features={"layers": 1, "tokens": "cls"},
+            connector={"transformer": None, "input_projection": False},
+            trainable_formula=_LINEAR_FORMULA,
+        ),
+        Preset(
+            name="limber-all",
+            paper=f"LiMBeR (Merullo et al. 2023) as 'LiMBeR(all)' in {_DEPALM} §3 presets: every last-layer token -> per-token Linear at L0",
+            features=dict(_ALL_LAST),
+            connector={"transformer": None, "input_projection": False},
+            trainable_formula=_LINEAR_FORMULA,
+        ),
+        Preset(
+            name="mapl",
+            paper=f"MAPL (Manas et al. 2023) as in {_DEPALM} §3 presets: Linear->256, QPMapper 4 layers, 32 queries, Linear; 32 tokens at L0",
+            features=dict(_ALL_LAST),
+            connector={"transformer": "qpmapper", "width": 256, "num_queries": 32, "num_layers": 4},
+            trainable_formula=_QP_FORMULA,
+        ),
+        _resampler("avgpool", ""),
+        _resampler("linear", "4*D*D+D (Linear 4D to D)"),
+        _resampler("qpmapper", "Q*D (one query, Q=1, shared by all groups) + n*(6*D*D+10*D) (QPMapper layers, FFN width D)",
+                   num_layers=4),
+        _resampler("rand", ""),
+        # LLaVA reads the raw penultimate hidden states (``hidden_states[-2]``): no final norm.
+        Preset(
+            name="llava",
+            paper=f"LLaVA (Liu et al. 2023, Visual Instruction Tuning §4.1) via {_GARG_BAS}: penultimate-layer patches -> Linear",
+            features={"layers": [-2], "tokens": "patches", "final_norm": False},
+            connector={"transformer": None, "input_projection": False},
+            trainable_formula=_LINEAR_FORMULA,
+        ),
+        Preset(
+            name="llava-1.5",
+            paper="LLaVA-1.5 (Liu et al. 2023, Improved Baselines with Visual Instruction Tuning §3): penultimate-layer patches -> 2-layer GELU MLP",
+            features={"layers": [-2], "tokens": "patches", "final_norm": False},
+            connector={"transformer": None, "input_projection": False, "output_depth": 2},
+            trainable_formula="D*H+H + H*H+H (2-layer GELU MLP of width H)",
+        ),
+        Preset(
+            name="clipcap",
+            paper="ClipCap (Mokady et al. 2021) §3, MLP mapping network: global embedding -> Q=10 prefix tokens, L0",
+            features={"layers": 1, "tokens": "cls"},
+            connector={"type": "clipcap", "prefix_length": 10, "mapping": "mlp"},
+            trainable_formula="D*(Q*H//2)+Q*H//2 (Linear D to kH/2) + (Q*H//2)*Q*H+Q*H (Linear kH/2 to kH; Q = prefix length k)",
+        ),
+        Preset(
+            name="blip2",
+            paper=f"BLIP-2 (Li et al. 2023) §3.1 Q-Former, §3.3 Linear to the LLM, §3.4 penultimate ViT layer; via {_GARG_BAS}",
+            features={"layers": [-2], "tokens": "all", "final_norm": False},
+            connector=dict(_BLIP2_QFORMER),
+            trainable_formula=_QFORMER_BODY + " + W*H+H (output Linear)",
+        ),
+        Preset(
+            name="minigpt4",
+            paper=f"MiniGPT-4 (Zhu et al. 2023) §3: BLIP-2's frozen Q-Former + a trained Linear -> 32 tokens; via {_GARG_BAS}",
+            features={"layers": [-2], "tokens": "all", "final_norm": False},
+            connector={**_BLIP2_QFORMER, "freeze": True, "init_from": None},
+            trainable_formula="W*H+H (output Linear; the Q-Former is frozen)",
+        ),
+        Preset(
+            name="mplug-owl",
+            paper=(f"mPLUG-Owl (Ye et al. 2023) §3 visual abstractor (64 queries; 6 layers, width 1024, 16 heads as "
+                   f"released) approximated by Q-Former layers + Linear; stage-2 LoRA on the LLM; via {_GARG_BAS}"),
+            features=dict(_ALL_LAST),
+            connector={"type": "qformer", "width": 1024, "num_queries": 64, "num_layers": 6, "num_heads": 16,
+                       "cross_attention_freq": 1},
+            trainable_formula=_QFORMER_BODY + " + W*H+H (output Linear) + L*r*(2*H + H+K) (LoRA, rank r=8 on q_proj and v_proj of the L LLM layers; K = key/value width)",
+            llm_tuning="lora",
         ),
     ]
 }

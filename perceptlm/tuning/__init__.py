@@ -1,3 +1,4 @@
+from perceptlm.tuning.llm_tuning import LLM_TUNINGS, apply_llm_tuning
 from perceptlm.tuning.prompt import PromptTokens
 
-__all__ = ["PromptTokens"]
+__all__ = ["LLM_TUNINGS", "PromptTokens", "apply_llm_tuning"]

@@ -1,0 +1,60 @@
+"""The real CLI end to end on tiny backbones: fit, checkpoint, test, result files, W&B offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from perceptlm.cli import cli
+
+CONFIG = Path(__file__).parents[1] / "experiments" / "easyvqa" / "depalm_qp_l0.yaml"
+
+
+def _args(run_dir: Path) -> list[str]:
+    return [
+        "--config", str(CONFIG),
+        "--model.init_args.encoder", "test-tiny-vit",
+        "--model.init_args.llm", "test-tiny-llama",
+        "--model.init_args.connector", '{"width": 64, "num_queries": 4}',
+        "--data.init_args.limit", "16",
+        "--data.init_args.test_limit", "7",
+        "--data.init_args.batch_size", "4",
+        "--data.init_args.eval_batch_size", "3",
+        "--trainer.max_steps", "2",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger.init_args.save_dir", str(run_dir),
+        "--trainer.callbacks.init_args.dirpath", str(run_dir / "checkpoints"),
+    ]
+
+
+def test_fit_then_test_writes_results(tmp_path):
+    run_dir = tmp_path / "run"
+    cli(["fit", *_args(run_dir)])
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    keys = set(checkpoint["state_dict"])
+    assert keys and all(k.startswith(("connector.", "prompt.")) for k in keys)
+    assert checkpoint["global_step"] == 2 and checkpoint["perceptlm"]["train_samples"] == 8
+    assert "optimizer_states" in checkpoint and checkpoint["lr_schedulers"]
+
+    cli(["test", *_args(run_dir), "--ckpt_path", "last"])
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("accuracy", "blind_accuracy", "train_seconds", "eval_seconds", "trainable_params",
+                "num_eval_questions"):
+        assert key in results, key
+    assert results["num_eval_questions"] == 7 and 0.0 <= results["accuracy"] <= 1.0
+    assert results["train_seconds"] > 0 and results["preset"] == "depalm-qp-l0"
+    lines = (run_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 7 and {"id", "prompt", "prediction", "references"} <= set(json.loads(lines[0]))
+    assert list(run_dir.glob("wandb/offline-run-*")), "W&B logs offline without an account"
+
+
+def test_print_config_and_bad_preset(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli(["fit", *_args(tmp_path), "--print_config"])
+    printed = capsys.readouterr().out
+    assert "depalm-qp-l0" in printed and "EasyVQADataModule" in printed
+    with pytest.raises(ValueError, match="valid presets"):
+        cli(["fit", *_args(tmp_path), "--model.init_args.preset", "nope"])
