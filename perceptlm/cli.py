@@ -53,8 +53,37 @@ def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
     )
 
 
+def presets_table(encoder: str, llm: str) -> str:
+    """Markdown table of every preset on the given backbones: trainable parameters, visual tokens."""
+    from perceptlm import presets, zoo
+
+    llm_module = zoo.load_llm(llm)
+    rows = ["| preset | trainable params | visual tokens | injection | LLM tuning | paper |", "|---|---:|---:|---|---|---|"]
+    for name in presets.names():
+        preset = presets.get(name)
+        try:
+            encoder_module = zoo.load_encoder(encoder, **preset.features)
+            module = presets.build(name, encoder_module, llm_module)
+            count, tokens = f"{module.num_trainable_parameters:,}", str(module.num_visual_tokens)
+        except ValueError as error:  # e.g. a layer selection this encoder cannot serve
+            count, tokens = "n/a", f"({error})"
+        rows.append(f"| {name} | {count} | {tokens} | {preset.injection} | {preset.llm_tuning} | {preset.paper} |")
+    return "\n".join(rows)
+
+
 def main(args: list[str] | None = None) -> None:
-    """The ``perceptlm`` console script."""
+    """The ``perceptlm`` console script: LightningCLI subcommands, plus
+    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table)."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] == "presets":
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="perceptlm presets", description=presets_table.__doc__)
+        parser.add_argument("--encoder", default="test-tiny-vit")
+        parser.add_argument("--llm", default="test-tiny-llama")
+        options = parser.parse_args(args[1:])
+        print(presets_table(options.encoder, options.llm))
+        return
     cli(args)
 
 

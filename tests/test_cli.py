@@ -58,3 +58,25 @@ def test_print_config_and_bad_preset(tmp_path, capsys):
     assert "depalm-qp-l0" in printed and "EasyVQADataModule" in printed
     with pytest.raises(ValueError, match="valid presets"):
         cli(["fit", *_args(tmp_path), "--model.init_args.preset", "nope"])
+
+
+def test_configs_compose_in_order(capsys):
+    configs = Path(__file__).parents[1] / "experiments" / "configs"
+    with pytest.raises(SystemExit):
+        cli(["fit", "--config", str(configs / "mechanisms" / "mapl.yaml"), "--config", str(configs / "data" / "easyvqa.yaml"),
+             "--config", str(configs / "trainer" / "cpu.yaml"), "--model.init_args.encoder", "test-tiny-vit",
+             "--model.init_args.llm", "test-tiny-llama", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "preset: mapl" in printed and "EasyVQADataModule" in printed and "gradient_clip_val: 0.8" in printed
+    assert "encoder: test-tiny-vit" in printed  # the later argument wins over the mechanism config
+
+
+def test_presets_command_prints_every_preset(capsys):
+    from perceptlm import presets
+    from perceptlm.cli import main
+
+    main(["presets"])
+    table = capsys.readouterr().out
+    for name in presets.names():
+        assert f"| {name} |" in table
+    assert "| depalm-qp-l0 | 60,864 | 32 |" in table  # tiny backbones: see tests/test_interface.py

@@ -140,3 +140,51 @@ def test_checkpoint_holds_trainable_weights_only(tiny_encoder, tiny_llm):
     del checkpoint["state_dict"]["connector.output.0.weight"]
     with pytest.raises(KeyError, match="lacks trainable weights"):
         other.on_load_checkpoint(checkpoint)
+
+
+def test_beam_search_is_batch_invariant(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS, ANSWERS, train=False)
+    together = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5, num_beams=3)
+    for i in range(len(PROMPTS)):
+        mask = batch["prompt_mask"][i].bool()
+        alone = module.generate(batch["media"][i : i + 1], batch["prompt_ids"][i : i + 1, mask],
+                                batch["prompt_mask"][i : i + 1, mask], max_new_tokens=5, num_beams=3)
+        pad = module.tokenizer.pad_token_id
+        trim = lambda t: t[: int((t != pad).nonzero().max()) + 1] if bool((t != pad).any()) else t[:0]  # noqa: E731
+        assert torch.equal(trim(alone[0]), trim(together[i]))
+
+
+def test_stop_strings_cut_the_text_and_end_greedy_decoding(tiny_encoder, tiny_llm):
+    from perceptlm.generation import stop_string_criterion, truncate_at_stop
+
+    assert truncate_at_stop("red circle\nQuestion: what", ["\n"]) == "red circle"
+    assert truncate_at_stop("no stop here", ["\n", "###"]) == "no stop here"
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
+    free = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=8)
+    first = module.tokenizer.decode(free[0, :2])
+    stop = stop_string_criterion(module.tokenizer, [first])
+    assert bool(stop(free[:, :2])[0]) and not bool(stop(free[:, :1])[0] and len(first) > 1)
+    module.hparams.stop_strings = [first]
+    stopped = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=8)
+    assert stopped.shape[1] <= 2 and torch.equal(stopped[0], free[0, : stopped.shape[1]])
+
+
+def test_save_and_load_pretrained_generate_the_same(tmp_path, tiny_encoder, tiny_llm):
+    from safetensors.torch import load_file
+
+    from perceptlm import InterfaceModule
+
+    module = _module(tiny_encoder, tiny_llm, connector={"num_queries": 4}).eval()
+    torch.nn.init.normal_(module.connector.output[0].weight, std=0.5)  # not the init any more
+    batch = _batch(module, PROMPTS, ANSWERS, train=False)
+    before = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5)
+    module.save_pretrained(tmp_path / "export")
+    assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == module.trainable_keys()
+    loaded = InterfaceModule.from_pretrained(tmp_path / "export")  # backbones rebuilt from the zoo
+    assert loaded.encoder_name == "test-tiny-vit" and loaded.preset.connector["num_queries"] == 4
+    after = loaded.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5)
+    assert torch.equal(before, after)
+    with pytest.raises(FileNotFoundError, match="not a perceptlm export"):
+        InterfaceModule.from_pretrained(tmp_path)

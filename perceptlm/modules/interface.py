@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -276,6 +278,53 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             now = time.perf_counter()
             self.train_seconds += now - self._clock
             self._clock = now
+
+    # -- export: safetensors + JSON, trainable weights only -------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` (trainable weights only) and ``perceptlm.json`` (preset,
+        backbone zoo names, every constructor argument) to ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        keep = self.trainable_keys()
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items() if k in keep}
+        save_file(state, str(directory / "model.safetensors"))
+        arguments = {k: v for k, v in dict(self.hparams).items() if k not in ("encoder", "llm")}
+        config = {"format": "perceptlm", "version": 1, "class": type(self).__name__,
+                  "encoder": self.encoder_name, "llm": self.llm_name, "arguments": arguments,
+                  "train_seconds": self.train_seconds, "train_samples": self.train_samples}
+        (directory / "perceptlm.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, encoder: str | PerceptualEncoder | None = None,
+        llm: str | LanguageModel | None = None, **overrides: Any,
+    ) -> "InterfaceModule":
+        """Rebuild a module saved by :meth:`save_pretrained`; backbones come from the zoo (or are
+        passed in) and the trainable weights from safetensors (no pickle, no code execution)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        path = directory / "perceptlm.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a perceptlm export (save_pretrained writes it)")
+        config = json.loads(path.read_text())
+        if config.get("format") != "perceptlm":
+            raise ValueError(f"{path}: not a perceptlm export (format={config.get('format')!r})")
+        arguments = {**config["arguments"], **overrides}
+        module = cls(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
+        state = load_file(str(directory / "model.safetensors"))
+        missing = module.trainable_keys() - set(state)
+        unexpected = set(state) - module.trainable_keys()
+        if missing or unexpected:
+            raise KeyError(f"{directory}: weights do not match the module: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+        module.load_state_dict(state, strict=False)
+        module.train_seconds = float(config.get("train_seconds", 0.0))
+        module.train_samples = int(config.get("train_samples", 0))
+        return module.eval()
 
     # -- checkpoints: trainable weights only ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
