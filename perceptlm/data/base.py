@@ -47,9 +47,34 @@ class MediaDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
+        """The sample with its media loaded. A file that fails to load (corrupt, truncated,
+        vanished, a decompression bomb) gives ``media=None`` and the reason in ``extra["skipped"]``:
+        the collator drops it and the model counts it, so one bad file never stops a run."""
         sample = self.samples[index]
-        media = self.preprocess(self.load(sample.media))
+        try:
+            media = self.preprocess(self.load(sample.media))
+        except Exception as error:  # noqa: BLE001 - any decoder failure means "skip this sample"
+            reason = f"{sample.media}: {type(error).__name__}: {error}"
+            return Sample(sample.id, None, sample.prompt, sample.targets, {**sample.extra, "skipped": reason})
         return Sample(sample.id, media, sample.prompt, sample.targets, sample.extra)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a run resumed at an epoch boundary sees the
+    same order as an uninterrupted one (Lightning calls :meth:`set_epoch`)."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -169,9 +194,9 @@ class PerceptionDataModule(LightningDataModule):
                         max_length=self.max_length, seed=self.seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.batch_size, shuffle=True,
-                          num_workers=self.num_workers, collate_fn=self._collator(train=True),
-                          generator=torch.Generator().manual_seed(self.seed), drop_last=False)
+        dataset = self.datasets["train"]
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.seed),
+                          num_workers=self.num_workers, collate_fn=self._collator(train=True), drop_last=False)
 
     def _eval_loader(self, stage: str) -> DataLoader:
         dataset = self.datasets[stage]

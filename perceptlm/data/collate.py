@@ -71,9 +71,11 @@ class Collator:
         return ([bos] if add_bos else []) + self._ids(prompt)
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        media = self.stack_media([s.media for s in samples])
-        batch: dict[str, Any] = {"media": media, "ids": [s.id for s in samples], "task": self.task,
+        skipped = [(s.id, s.extra.get("skipped", "no media")) for s in samples if s.media is None]
+        samples = [s for s in samples if s.media is not None]
+        batch: dict[str, Any] = {"ids": [s.id for s in samples], "task": self.task, "skipped": skipped,
                                  "prompts": [s.prompt for s in samples]}
+        batch["media"] = self.stack_media([s.media for s in samples]) if samples else None
         prompts = [self._prompt_ids(s.prompt) for s in samples]
         if self.train:
             sequences, labels = [], []

@@ -62,6 +62,10 @@ class EvaluationMixin:
         return [truncate_at_stop(t, self.hparams.stop_strings).strip() for t in texts]
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
+        self._count_skipped(batch, "eval")
+        self._task = batch["task"]
+        if not batch["ids"]:
+            return
         args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
         predictions = self._decode(self.generate(*args))
         blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
@@ -71,14 +75,15 @@ class EvaluationMixin:
             if blind is not None:
                 record["blind_prediction"] = blind[i]
             self._records.append(record)
-        self._task = batch["task"]
 
     def _eval_start(self) -> None:
+        self._seen["eval"] = [0, 0]
         self._records: list[dict[str, Any]] = []
         self._task = "vqa"
         self._eval_clock = time.perf_counter()
 
     def _eval_end(self, stage: str) -> dict[str, Any]:
+        self._check_skipped("eval")
         records = gather_records(self._records)
         self._records = []
         refs = [r["references"] for r in records]
@@ -111,6 +116,8 @@ class EvaluationMixin:
             self.write_results(result)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        if not batch["ids"]:
+            return []
         predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"]))
         return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch["ids"], batch["prompts"], predictions)]
 

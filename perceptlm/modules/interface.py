@@ -33,7 +33,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
     ``injection``, ``prompt_tokens`` and ``llm_tuning`` (frozen | lora | norms | full, with
     ``llm_tuning_options`` such as LoRA's ``r``) override its fields (dicts merge). ``encoder`` and ``llm``
     are zoo names or loaded modules. Decoding: ``max_new_tokens``, ``num_beams`` (1 = greedy),
-    ``stop_strings`` (the text is cut before the first one; greedy decoding also stops there). Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
+    ``stop_strings`` (the text is cut before the first one; greedy decoding also stops there).
+    Faults: a NaN/inf loss stops the run with a message (``nonfinite_loss="stop"``) or skips the
+    step (``"skip"``); samples whose media fail to load are skipped, counted per epoch, and more
+    than ``max_skipped_fraction`` of them is an error. Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
     eps 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``, then
     cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002; loss on answer tokens + EOS.
     """
@@ -59,6 +62,8 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         num_beams: int = 1,
         stop_strings: list[str] | None = None,
         eval_blind: bool = False,
+        nonfinite_loss: str = "stop",
+        max_skipped_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         from perceptlm import zoo
@@ -81,6 +86,9 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.injection.install(self.llm)
         apply_llm_tuning(self.llm, self.preset.llm_tuning, **(llm_tuning_options or {}))
         self.prompt = PromptTokens(self.preset.prompt_tokens, self.llm.hidden_size) if self.preset.prompt_tokens else None
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss={nonfinite_loss!r} is unknown; valid: 'stop', 'skip'")
+        self._seen: dict[str, list[int]] = {}
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.train_seconds = 0.0
         self.train_samples = 0
@@ -222,11 +230,42 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             return generation.beam_search(self.llm, embeds, mask, max_new_tokens, eos, pad, num_beams)
 
     # -- training ----------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
+        skipped, kept = len(batch.get("skipped", ())), len(batch["ids"])
+        self._seen[stage] = [self._seen[stage][0] + skipped, self._seen[stage][1] + skipped + kept]
+        for sample_id, reason in batch.get("skipped", ()):
+            if self._seen[stage][0] <= 3:  # the first few, by name; the count goes to the logger
+                print(f"skipped {stage} sample {sample_id}: {reason}")
+
+    def _check_skipped(self, stage: str) -> None:
+        skipped, total = self._seen.pop(stage, [0, 0])
+        if total:
+            self.log(f"data/{stage}_skipped", float(skipped), reduce_fx="sum", sync_dist=True)
+            if skipped / total > self.hparams.max_skipped_fraction:
+                raise RuntimeError(
+                    f"{skipped} of {total} {stage} samples this epoch had media that failed to load, more "
+                    f"than max_skipped_fraction={self.hparams.max_skipped_fraction}; see the messages above"
+                )
+
+    def on_train_epoch_start(self) -> None:
+        self._seen["train"] = [0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        self._check_skipped("train")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        self._count_skipped(batch, "train")
+        if not batch["ids"]:
+            return None  # every sample of this batch was skipped
         loss = self.loss(batch)
         batch_size = batch["input_ids"].shape[0]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+            message = f"non-finite training loss ({loss.item()}) at step {self.global_step}, batch {batch['ids'][:4]}"
+            if self.hparams.nonfinite_loss == "stop":
+                raise FloatingPointError(message + "; set nonfinite_loss='skip' to skip such steps")
+            print(f"{message}: step skipped")
+            self.log("train/nonfinite_steps", 1.0, reduce_fx="sum", on_step=False, on_epoch=True, batch_size=batch_size)
+            return None  # Lightning skips the optimizer step
         self.train_samples += batch_size * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
@@ -241,7 +280,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             lr=self.hparams.lr,
             eps=self.hparams.adam_eps,
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        # The schedule spans max_steps when it is set, so a run stopped early by max_epochs (or a
+        # pre-emption) and resumed follows the same learning-rate curve as an uninterrupted one.
+        steps = self.trainer.max_steps
+        total = max(1, int(steps if steps and steps > 0 else self.trainer.estimated_stepping_batches))
         warmup = int(self.hparams.warmup_fraction * total)
         floor = self.hparams.min_lr_ratio
 
@@ -334,6 +376,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         checkpoint["perceptlm"] = {
             "train_seconds": self.train_seconds,
             "train_samples": self.train_samples,
+            "torch_rng_state": torch.get_rng_state(),  # dropout masks continue exactly on resume
             "preset": self.preset.name,
             "encoder": self.encoder_name,
             "llm": self.llm_name,
@@ -349,3 +392,5 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         state = checkpoint.get("perceptlm", {})
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.train_samples = int(state.get("train_samples", 0))
+        if "torch_rng_state" in state and self._trainer is not None and self._trainer.state.fn == "fit":
+            torch.set_rng_state(state["torch_rng_state"])
