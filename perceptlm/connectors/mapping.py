@@ -55,7 +55,9 @@ def mlp(in_dim: int, out_dim: int, depth: int, hidden: int | None = None) -> nn.
 class MappingConnector(Connector):
     """DePALM's mapper. With ``transformer="qpmapper"`` it yields ``num_queries`` summary tokens
     (QP, L0: Linear(d->d), 2 QPMapper layers, 32 queries, Linear -> LLM width); with
-    ``transformer=None`` it maps every token (LiMBeR: a per-token Linear).
+    ``transformer="encoder"`` the same layers run over the tokens alone and every token is kept
+    (DePALM c-attn's 1-layer transformer); with ``transformer=None`` it maps every token (LiMBeR: a
+    per-token Linear).
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class MappingConnector(Connector):
         out_dim: int,
         width: int | None = None,
         input_projection: bool = True,
-        transformer: Literal["qpmapper"] | None = "qpmapper",
+        transformer: Literal["qpmapper", "encoder"] | None = "qpmapper",
         num_queries: int = 32,
         num_layers: int = 2,
         num_heads: int = 8,
@@ -81,16 +83,20 @@ class MappingConnector(Connector):
             self.transformer: QPMapper | None = QPMapper(
                 width, num_queries=num_queries, num_layers=num_layers, num_heads=num_heads, dropout=dropout
             )
+        elif transformer == "encoder":  # the same post-norm layers over the tokens alone, no queries
+            self.transformer = QPMapper(width, num_queries=0, num_layers=num_layers, num_heads=num_heads, dropout=dropout)
         elif transformer is None:
             self.transformer = None
         else:
-            raise ValueError(f"transformer={transformer!r} is unknown; valid: 'qpmapper', None")
+            raise ValueError(f"transformer={transformer!r} is unknown; valid: 'qpmapper', 'encoder', None")
         self.output = mlp(width, out_dim, output_depth)
 
     def num_output_tokens(
         self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
-        return self.transformer.num_queries if self.transformer is not None else num_input_tokens
+        if self.transformer is None or self.transformer.num_queries == 0:
+            return num_input_tokens
+        return self.transformer.num_queries
 
     def forward(self, features: PerceptualFeatures) -> Tensor:
         tokens, mask = flatten_layers(features)

@@ -43,7 +43,8 @@ class QPMapper(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``tokens [B, N, width]``, ``mask [B, N]`` (True = real) -> ``[B, num_queries, width]``."""
+        """``tokens [B, N, width]``, ``mask [B, N]`` (True = real) -> ``[B, num_queries, width]``
+        (``[B, N, width]`` with no queries: a plain post-norm encoder)."""
         batch = tokens.shape[0]
         queries = self.queries.unsqueeze(0).expand(batch, -1, -1).to(tokens.dtype)
         sequence = torch.cat([tokens, queries], dim=1)
@@ -52,4 +53,4 @@ class QPMapper(nn.Module):
             real = torch.cat([mask, mask.new_ones(batch, self.num_queries)], dim=1)
             padding = ~real
         out = self.encoder(sequence, src_key_padding_mask=padding)
-        return out[:, -self.num_queries :]
+        return out[:, -self.num_queries :] if self.num_queries else out

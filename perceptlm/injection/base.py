@@ -29,3 +29,6 @@ class Injection(nn.Module):
     def context(self, visual: Tensor) -> Iterator[None]:
         """Make ``visual`` visible to per-layer hooks during a forward (or a whole generation)."""
         yield
+
+    def expand(self, num_beams: int) -> None:
+        """Beam search repeats each sample ``num_beams`` times; repeat any per-sample state."""

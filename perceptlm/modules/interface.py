@@ -49,6 +49,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         features: dict[str, Any] | None = None,
         connector: dict[str, Any] | None = None,
         injection: str | None = None,
+        injection_options: dict[str, Any] | None = None,
         prompt_tokens: int | None = None,
         llm_tuning: str | None = None,
         llm_tuning_options: dict[str, Any] | None = None,
@@ -72,7 +73,8 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
         self.llm_name = llm if isinstance(llm, str) else llm.name
         self.preset = presets.get(preset).with_overrides(
-            features=features, connector=connector, injection=injection, prompt_tokens=prompt_tokens,
+            features=features, connector=connector, injection=injection, injection_options=injection_options,
+            prompt_tokens=prompt_tokens,
             llm_tuning=llm_tuning,
         )
         self.encoder = encoder if isinstance(encoder, PerceptualEncoder) else zoo.load_encoder(encoder, **self.preset.features)
@@ -82,7 +84,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.connector = build_connector(self.encoder.embed_dim, self.llm.hidden_size, self.preset.connector)
         if self.preset.injection not in INJECTIONS:
             raise ValueError(f"unknown injection {self.preset.injection!r}; valid: {sorted(INJECTIONS)}")
-        self.injection = INJECTIONS[self.preset.injection]()
+        self.injection = INJECTIONS[self.preset.injection](**self.preset.injection_options)
         self.injection.install(self.llm)
         apply_llm_tuning(self.llm, self.preset.llm_tuning, **(llm_tuning_options or {}))
         self.prompt = PromptTokens(self.preset.prompt_tokens, self.llm.hidden_size) if self.preset.prompt_tokens else None
@@ -227,7 +229,8 @@ class InterfaceModule(EvaluationMixin, LightningModule):
                 stops = self.hparams.stop_strings
                 stop = generation.stop_string_criterion(self.tokenizer, stops) if stops else None
                 return generation.greedy(self.llm, embeds, mask, max_new_tokens, eos, pad, stop=stop)
-            return generation.beam_search(self.llm, embeds, mask, max_new_tokens, eos, pad, num_beams)
+            return generation.beam_search(self.llm, embeds, mask, max_new_tokens, eos, pad, num_beams,
+                                          expand=self.injection.expand)
 
     # -- training ----------------------------------------------------------------------------------
     def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:

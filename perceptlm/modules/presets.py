@@ -31,6 +31,7 @@ class Preset:
     features: dict[str, Any] = field(default_factory=dict)
     connector: dict[str, Any] = field(default_factory=dict)
     injection: str = "prefix"
+    injection_options: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = 0
     trainable_formula: str = ""
     llm_tuning: str = "frozen"
@@ -90,6 +91,17 @@ def _resampler(mode: str, formula_head: str, **extra: Any) -> Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
+        Preset(
+            name="depalm-c-attn",
+            paper=(f"{_DEPALM} §3.3 'c-attn': tokens of the last 4 encoder layers -> Linear, 1-layer transformer, "
+                   "Linear; gated cross-attention (tanh gate at 0) before the upper LLM layers (17-28 of 32)"),
+            features={"layers": 4, "tokens": "all"},
+            connector={"transformer": "encoder", "num_layers": 1, "width": None},
+            injection="cross_attention",
+            injection_options={"start": 0.5, "end": 0.875},
+            trainable_formula=("D*W+W + n*(6*W*W+10*W) (1 post-norm layer, FFN width W) + W*H+H (output Linear) "
+                               "+ X*(12*H*H+13*H+2) (a gated block per target layer: LN, attention, FFN 4H, 2 gates)"),
+        ),
         Preset(
             name="depalm-qp-l0",
             paper="DePALM (Vallaeys et al. 2024) §3, 'QP, L0': QPMapper summary tokens at the LLM input",

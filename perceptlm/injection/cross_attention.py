@@ -1,0 +1,98 @@
+"""Gated cross-attention before LLM layers: DePALM §3.3 "c-attn" and Flamingo (Alayrac et al. 2022).
+
+Each target layer gets a block applied to its input hidden state through a forward pre-hook (a
+public ``nn.Module`` extension point; the LLM's code is untouched): queries from the hidden state,
+keys/values from the perceptual tokens, output scaled by ``tanh(gate)`` with the gate at 0, so the
+LLM is unchanged at initialisation. Text positions attend only to perceptual tokens, never to other
+text positions, so the block is causal; no dropout is applied at evaluation (DePALM's code leaks
+future tokens and keeps dropout at test time: not repeated here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from perceptlm.injection.base import Injection
+from perceptlm.llm.language_model import LanguageModel
+
+
+class GatedCrossAttentionBlock(nn.Module):
+    """``x + tanh(g_a) * CrossAttn(LN(x), v)``, then ``+ tanh(g_f) * FFN(LN(x))``; gates start at 0."""
+
+    def __init__(self, hidden: int, num_heads: int, ffn_mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.attention = nn.MultiheadAttention(hidden, num_heads, dropout=dropout, batch_first=True)
+        self.attention_gate = nn.Parameter(torch.zeros(1))
+        self.ffn_norm = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, ffn_mult * hidden), nn.GELU(), nn.Linear(ffn_mult * hidden, hidden))
+        self.ffn_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, hidden: Tensor, visual: Tensor) -> Tensor:
+        attended, _ = self.attention(self.norm(hidden), visual, visual, need_weights=False)
+        hidden = hidden + torch.tanh(self.attention_gate).to(hidden.dtype) * attended
+        return hidden + torch.tanh(self.ffn_gate).to(hidden.dtype) * self.ffn(self.ffn_norm(hidden))
+
+
+def target_layers(depth: int, layers: Sequence[int] | None, start: float, end: float, every: int) -> list[int]:
+    """Explicit ``layers`` (validated against ``depth``) or every ``every``-th layer in
+    ``[start*depth, end*depth)`` (DePALM: layers 17-28 of 32 -> start 0.5, end 0.875)."""
+    if layers is not None:
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"cross-attention layers {bad} are beyond the LLM's depth {depth}; valid: 0..{depth - 1}")
+        return sorted({i % depth for i in layers})
+    if not 0 <= start < end <= 1 or every < 1:
+        raise ValueError(f"need 0 <= start < end <= 1 and every >= 1; got start={start}, end={end}, every={every}")
+    first, last = int(start * depth), max(int(start * depth) + 1, int(round(end * depth)))
+    return list(range(first, min(last, depth), every))
+
+
+class CrossAttentionInjection(Injection):
+    """Gated cross-attention blocks before the target layers, reading :meth:`context`'s tokens."""
+
+    def __init__(self, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875,
+                 every: int = 1, num_heads: int = 8, ffn_mult: int = 4) -> None:
+        super().__init__()
+        self.options = dict(layers=layers, start=start, end=end, every=every)
+        self.num_heads, self.ffn_mult = num_heads, ffn_mult
+        self.blocks = nn.ModuleDict()
+        self._visual: Tensor | None = None
+
+    def install(self, llm: LanguageModel) -> None:
+        hidden = llm.hidden_size
+        heads = self.num_heads if hidden % self.num_heads == 0 else 1
+        self.layer_indices = target_layers(llm.num_layers, **self.options)
+        for index in self.layer_indices:
+            self.blocks[str(index)] = GatedCrossAttentionBlock(hidden, heads, self.ffn_mult)
+            llm.layers[index].register_forward_pre_hook(self._hook(str(index)), with_kwargs=True)
+
+    def _hook(self, key: str) -> Any:
+        def before_layer(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            if self._visual is None:
+                return None  # outside a perceptlm forward: the plain LLM
+            block = self.blocks[key]
+            if args:
+                return (block(args[0], self._visual), *args[1:]), kwargs
+            kwargs = dict(kwargs)
+            kwargs["hidden_states"] = block(kwargs["hidden_states"], self._visual)
+            return args, kwargs
+
+        return before_layer
+
+    @contextlib.contextmanager
+    def context(self, visual: Tensor) -> Iterator[None]:
+        previous, self._visual = self._visual, visual
+        try:
+            yield
+        finally:
+            self._visual = previous
+
+    def expand(self, num_beams: int) -> None:
+        """Beam search repeats every sample ``num_beams`` times: repeat the perceptual tokens too."""
+        if self._visual is not None:
+            self._visual = self._visual.repeat_interleave(num_beams, dim=0)
