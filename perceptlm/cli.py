@@ -73,8 +73,14 @@ def presets_table(encoder: str, llm: str) -> str:
 
 def main(args: list[str] | None = None) -> None:
     """The ``perceptlm`` console script: LightningCLI subcommands, plus
-    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table)."""
+    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table) and
+    ``perceptlm report RUNS_DIR`` (results.json files -> the papers' comparison table)."""
     args = sys.argv[1:] if args is None else args
+    if args and args[0] == "report":
+        from perceptlm.report import main as report
+
+        report(args[1:])
+        return
     if args and args[0] == "presets":
         import argparse
 

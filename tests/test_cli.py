@@ -49,6 +49,13 @@ def test_fit_then_test_writes_results(tmp_path):
     lines = (run_dir / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 7 and {"id", "prompt", "prediction", "references"} <= set(json.loads(lines[0]))
     assert list(run_dir.glob("wandb/offline-run-*")), "W&B logs offline without an account"
+    tables = list(run_dir.glob("wandb/offline-run-*/files/media/table/test/predictions*.table.json"))
+    assert tables, "the test predictions table is logged to W&B"
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["id", "media", "prompt", "prediction", "references"] and len(table["data"]) == 7
+    assert not str(table["data"][0][1]).endswith(".png")  # logged as an image, not as a path
+    images = list(run_dir.glob("wandb/offline-run-*/files/media/images/test/examples*.png"))
+    assert len(images) == 7  # the first (up to 8) evaluated images, captioned with prediction and reference
 
 
 def test_print_config_and_bad_preset(tmp_path, capsys):

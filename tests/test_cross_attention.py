@@ -99,3 +99,19 @@ def test_causal_and_generation_equalities(tiny_encoder, tiny_llm):
     assert torch.equal(cached[0], ids[0, -4:][: cached.shape[1]])
     beams = module.generate(*args, max_new_tokens=4, num_beams=3)
     assert beams.shape[0] == 3
+
+
+def test_flamingo_is_the_identity_at_initialisation(tiny_encoder, tiny_llm):
+    module = presets.build("flamingo", tiny_encoder, tiny_llm,
+                           connector={"num_layers": 2, "num_queries": 8}).eval()
+    assert module.injection.layer_indices == [0]  # every 4th layer of 4
+    batch = _batch(module, train=False)
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    plain = tiny_llm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    assert torch.allclose(module(batch["media"], ids, mask)[mask.bool()], plain[mask.bool()], atol=1e-5)
+    D = W = 64
+    H, Q, n, C, X = tiny_llm.hidden_size, 8, 2, 2, 1
+    expected = (2 * D + Q * W + 2 * W + n * (12 * W * W + 13 * W) + C * (2 * W * W + 2 * D * W + 6 * W)
+                + W * H + H + X * (12 * H * H + 13 * H + 2))
+    assert module.num_trainable_parameters == expected

@@ -56,7 +56,7 @@ class MediaDataset(Dataset):
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip this sample"
             reason = f"{sample.media}: {type(error).__name__}: {error}"
             return Sample(sample.id, None, sample.prompt, sample.targets, {**sample.extra, "skipped": reason})
-        return Sample(sample.id, media, sample.prompt, sample.targets, sample.extra)
+        return Sample(sample.id, media, sample.prompt, sample.targets, {**sample.extra, "source": str(sample.media)})
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):

@@ -74,7 +74,8 @@ class Collator:
         skipped = [(s.id, s.extra.get("skipped", "no media")) for s in samples if s.media is None]
         samples = [s for s in samples if s.media is not None]
         batch: dict[str, Any] = {"ids": [s.id for s in samples], "task": self.task, "skipped": skipped,
-                                 "prompts": [s.prompt for s in samples]}
+                                 "prompts": [s.prompt for s in samples],
+                                 "sources": [s.extra.get("source") for s in samples]}
         batch["media"] = self.stack_media([s.media for s in samples]) if samples else None
         prompts = [self._prompt_ids(s.prompt) for s in samples]
         if self.train:

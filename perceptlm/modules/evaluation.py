@@ -70,8 +70,8 @@ class EvaluationMixin:
         predictions = self._decode(self.generate(*args))
         blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
         for i, sample_id in enumerate(batch["ids"]):
-            record = {"id": sample_id, "prompt": batch["prompts"][i], "prediction": predictions[i],
-                      "references": batch["references"][i]}
+            record = {"id": sample_id, "media": batch.get("sources", [None] * len(predictions))[i],
+                      "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
             if blind is not None:
                 record["blind_prediction"] = blind[i]
             self._records.append(record)
@@ -93,7 +93,37 @@ class EvaluationMixin:
             metrics.update({f"blind_{k}": v for k, v in blind.items()})
         metrics["num_samples"] = float(len(records))
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
+        if self.trainer.is_global_zero:
+            self._log_prediction_table(stage, records)
         return {"metrics": metrics, "records": records, "seconds": time.perf_counter() - self._eval_clock}
+
+    def _log_prediction_table(self, stage: str, records: list[dict[str, Any]], rows: int = 32) -> None:
+        """A W&B table of the first ``rows`` samples: media, prompt, prediction, references."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]
+        if not loggers or not records:
+            return
+        import wandb
+
+        def media(path: str | None) -> Any:
+            suffix = Path(path).suffix.lower() if path else ""
+            if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
+                return wandb.Image(path)
+            if suffix in (".wav", ".flac", ".mp3", ".ogg"):
+                return wandb.Audio(path)
+            return path
+
+        columns = ["id", "media", "prompt", "prediction", "references"]
+        data = [[r["id"], media(r.get("media")), r["prompt"], r["prediction"], " | ".join(r["references"])]
+                for r in records[:rows]]
+        images = [r for r in records[:8] if isinstance(media(r.get("media")), wandb.Image)]
+        for logger in loggers:
+            logger.log_table(f"{stage}/predictions", columns=columns, data=data, step=self.global_step)
+            if images:  # also as captioned images, which every W&B version renders
+                logger.log_image(f"{stage}/examples", images=[r["media"] for r in images], step=self.global_step,
+                                 caption=[f"{r['prompt'].strip()} -> {r['prediction']} (ref: {r['references'][0]})"
+                                          for r in images])
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()

@@ -92,6 +92,19 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         Preset(
+            name="flamingo",
+            paper=("Flamingo (Alayrac et al. 2022) §2.1-2.2: Perceiver resampler (64 latents attending to the "
+                   "visual tokens; approximated by Q-Former layers with cross-attention in every layer) and "
+                   "gated cross-attention dense blocks (tanh gates at 0) before every 4th LLM layer"),
+            features={"layers": 1, "tokens": "all"},
+            connector={"type": "qformer", "num_queries": 64, "num_layers": 6, "num_heads": 8,
+                       "cross_attention_freq": 1, "width": None},
+            injection="cross_attention",
+            injection_options={"start": 0.0, "end": 1.0, "every": 4},
+            trainable_formula=(_QFORMER_BODY + " + W*H+H (output Linear) + X*(12*H*H+13*H+2) (a gated block "
+                               "before each of the X target layers)"),
+        ),
+        Preset(
             name="depalm-c-attn",
             paper=(f"{_DEPALM} §3.3 'c-attn': tokens of the last 4 encoder layers -> Linear, 1-layer transformer, "
                    "Linear; gated cross-attention (tanh gate at 0) before the upper LLM layers (17-28 of 32)"),
