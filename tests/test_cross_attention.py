@@ -3,8 +3,6 @@ interface, generates the same batched, cached and alone, works with beam search.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -16,9 +14,9 @@ PROMPTS = ["what shape?\n\nAnswer:\n", "is there a red shape in the image?\n\nAn
 
 
 def _module(tiny_encoder, tiny_llm, **kw):
-    encoder = copy.deepcopy(tiny_encoder)
-    encoder.layer_indices = [0, 1, 2, 3]  # the last 4 layers, as the preset asks
-    return presets.build("depalm-c-attn", encoder, tiny_llm, **kw)
+    module = presets.build("depalm-c-attn", tiny_encoder, tiny_llm, **kw)
+    assert module.encoder.layer_indices == [0, 1, 2, 3] and tiny_encoder.layer_indices == [3]  # a view
+    return module
 
 
 def _batch(module, train):

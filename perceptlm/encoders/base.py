@@ -7,6 +7,7 @@ CLS only, patches only or all tokens.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -126,6 +127,16 @@ class PerceptualEncoder(nn.Module):
             raise ValueError(f"{self.name} has no CLS token; valid token selections: 'all', 'patches'")
         if not self.trainable:
             self.freeze()
+
+    def with_selection(self, layers: int | Sequence[int] | None = None, tokens: TokenSelection | None = None,
+                       final_norm: bool | None = None) -> "PerceptualEncoder":
+        """A view of this encoder with another selection; the weights are shared, not copied."""
+        view = copy.copy(self)
+        view.layer_spec = self.layer_spec if layers is None else layers
+        view.token_selection = self.token_selection if tokens is None else tokens
+        view.apply_final_norm = self.apply_final_norm if final_norm is None else final_norm
+        view.setup_selection()
+        return view
 
     def freeze(self) -> None:
         self.requires_grad_(False)

@@ -32,7 +32,8 @@ class InterfaceModule(EvaluationMixin, LightningModule):
     ``preset`` names the mechanism (:func:`perceptlm.presets.names`); ``features``, ``connector``,
     ``injection``, ``prompt_tokens`` and ``llm_tuning`` (frozen | lora | norms | full, with
     ``llm_tuning_options`` such as LoRA's ``r``) override its fields (dicts merge). ``encoder`` and ``llm``
-    are zoo names or loaded modules. Decoding: ``max_new_tokens``, ``num_beams`` (1 = greedy),
+    are zoo names or loaded modules (a loaded encoder is viewed with the preset's feature selection,
+    sharing its weights). Decoding: ``max_new_tokens``, ``num_beams`` (1 = greedy),
     ``stop_strings`` (the text is cut before the first one; greedy decoding also stops there).
     Faults: a NaN/inf loss stops the run with a message (``nonfinite_loss="stop"``) or skips the
     step (``"skip"``); samples whose media fail to load are skipped, counted per epoch, and more
@@ -77,7 +78,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             prompt_tokens=prompt_tokens,
             llm_tuning=llm_tuning,
         )
-        self.encoder = encoder if isinstance(encoder, PerceptualEncoder) else zoo.load_encoder(encoder, **self.preset.features)
+        if isinstance(encoder, PerceptualEncoder):  # the preset's selection, on the caller's weights
+            self.encoder = encoder.with_selection(**self.preset.features)
+        else:
+            self.encoder = zoo.load_encoder(encoder, **self.preset.features)
         if isinstance(llm, LanguageModel) and self.preset.llm_tuning != "frozen":
             llm = copy.deepcopy(llm)  # tuning adds or unfreezes weights: leave the caller's LLM as it was
         self.llm = llm if isinstance(llm, LanguageModel) else zoo.load_llm(llm)
