@@ -57,12 +57,11 @@ def presets_table(encoder: str, llm: str) -> str:
     """Markdown table of every preset on the given backbones: trainable parameters, visual tokens."""
     from perceptlm import presets, zoo
 
-    llm_module = zoo.load_llm(llm)
+    llm_module, encoder_module = zoo.load_llm(llm), zoo.load_encoder(encoder)  # each preset views them
     rows = ["| preset | trainable params | visual tokens | injection | LLM tuning | paper |", "|---|---:|---:|---|---|---|"]
     for name in presets.names():
         preset = presets.get(name)
         try:
-            encoder_module = zoo.load_encoder(encoder, **preset.features)
             module = presets.build(name, encoder_module, llm_module)
             count, tokens = f"{module.num_trainable_parameters:,}", str(module.num_visual_tokens)
         except ValueError as error:  # e.g. a layer selection this encoder cannot serve

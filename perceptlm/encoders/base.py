@@ -165,9 +165,18 @@ class PerceptualEncoder(nn.Module):
             if self.apply_final_norm:
                 states = [self.final_norm(s) for s in states]
             tokens = torch.stack(states, dim=1)  # [B, L, N, D]
-        batch, _, count, _ = tokens.shape
         if mask is None:
-            mask = torch.ones(batch, count, dtype=torch.bool, device=tokens.device)
+            mask = torch.ones(tokens.shape[0], tokens.shape[2], dtype=torch.bool, device=tokens.device)
+        return self._select_tokens(tokens, mask)
+
+    def blank(self, batch: int, like: Tensor) -> PerceptualFeatures:
+        """Zero features with the shape and selection :meth:`forward` gives (dtype and device of
+        ``like``): the input of the "blind" baseline. The encoder does not run."""
+        tokens = like.new_zeros(batch, self.num_selected_layers, self.num_raw_tokens, self.embed_dim)
+        return self._select_tokens(tokens, torch.ones(batch, self.num_raw_tokens, dtype=torch.bool, device=like.device))
+
+    def _select_tokens(self, tokens: Tensor, mask: Tensor) -> PerceptualFeatures:
+        """Apply the token selection to ``[B, L, N, D]`` tokens and their ``[B, N]`` mask."""
         cls_index: int | None = 0 if self.has_cls else None
         grid = self.grid
         if self.token_selection == "cls":

@@ -70,7 +70,7 @@ class EvaluationMixin:
         predictions = self._decode(self.generate(*args))
         blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
         for i, sample_id in enumerate(batch["ids"]):
-            record = {"id": sample_id, "media": batch.get("sources", [None] * len(predictions))[i],
+            record = {"id": sample_id, "media": batch["sources"][i],
                       "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
             if blind is not None:
                 record["blind_prediction"] = blind[i]
@@ -115,9 +115,9 @@ class EvaluationMixin:
             return path
 
         columns = ["id", "media", "prompt", "prediction", "references"]
-        data = [[r["id"], media(r.get("media")), r["prompt"], r["prediction"], " | ".join(r["references"])]
-                for r in records[:rows]]
-        images = [r for r in records[:8] if isinstance(media(r.get("media")), wandb.Image)]
+        shown = [(r, media(r.get("media"))) for r in records[:rows]]
+        data = [[r["id"], m, r["prompt"], r["prediction"], " | ".join(r["references"])] for r, m in shown]
+        images = [r for r, m in shown[:8] if isinstance(m, wandb.Image)]
         for logger in loggers:
             logger.log_table(f"{stage}/predictions", columns=columns, data=data, step=self.global_step)
             if images:  # also as captioned images, which every W&B version renders

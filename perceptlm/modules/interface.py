@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from perceptlm import generation
 from perceptlm.connectors import build_connector
-from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
+from perceptlm.encoders.base import PerceptualEncoder
 from perceptlm.injection import INJECTIONS
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
@@ -154,17 +154,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         ``blind=True`` is the "blind" baseline: the same model with the perceptual tokens (the
         encoder's outputs) zeroed, so the LLM still receives the connector's summary tokens, but
         they carry no information about the media (the encoder does not run)."""
-        features = self.encoder(media) if not blind else self._zero_features(media)
-        return self.connector(features)
-
-    def _zero_features(self, media: Any) -> PerceptualFeatures:
-        batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
-        weight = next(self.connector.parameters())
-        shape = (batch, self.encoder.num_selected_layers, self.encoder.num_tokens, self.encoder.embed_dim)
-        tokens = weight.new_zeros(shape)
-        cls_index = 0 if self.encoder.has_cls and self.encoder.token_selection != "patches" else None
-        grid = None if self.encoder.token_selection == "cls" else self.encoder.grid
-        return PerceptualFeatures(tokens, torch.ones(shape[:1] + shape[2:3], dtype=torch.bool, device=tokens.device), cls_index, grid)
+        if blind:
+            batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
+            return self.connector(self.encoder.blank(batch, like=next(self.connector.parameters())))
+        return self.connector(self.encoder(media))
 
     def prefix(self, visual: Tensor) -> Tensor:
         """Everything placed before the text: prompt tokens, then L0 perceptual tokens."""
@@ -238,11 +231,10 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
-        skipped, kept = len(batch.get("skipped", ())), len(batch["ids"])
-        self._seen[stage] = [self._seen[stage][0] + skipped, self._seen[stage][1] + skipped + kept]
-        for sample_id, reason in batch.get("skipped", ()):
-            if self._seen[stage][0] <= 3:  # the first few, by name; the count goes to the logger
-                print(f"skipped {stage} sample {sample_id}: {reason}")
+        skipped, seen = batch["skipped"], self._seen[stage]
+        for sample_id, reason in skipped[: max(0, 3 - seen[0])]:  # the first few by name; the count is logged
+            print(f"skipped {stage} sample {sample_id}: {reason}")
+        self._seen[stage] = [seen[0] + len(skipped), seen[1] + len(skipped) + len(batch["ids"])]
 
     def _check_skipped(self, stage: str) -> None:
         skipped, total = self._seen.pop(stage, [0, 0])
