@@ -190,11 +190,22 @@ ENCODERS: dict[str, Callable[..., PerceptualEncoder]] = {
 }
 
 
+# Prefixed names: ``PREFIX:rest`` -> ``module.function(rest, **selection)`` (imported lazily).
+ENCODER_PREFIXES: dict[str, tuple[str, str]] = {}
+
+
 def load_encoder(name: str, **selection: Any) -> PerceptualEncoder:
-    """Load a frozen perceptual encoder by zoo name, hub id or local folder. ``selection``:
-    ``layers``, ``tokens``, ``final_norm``, ``trainable``."""
+    """Load a frozen perceptual encoder by zoo name, prefixed name (``ENCODER_PREFIXES``), hub id or
+    local folder. ``selection``: ``layers``, ``tokens``, ``final_norm``, ``trainable`` (and the
+    family's own options, e.g. a video encoder's frame count)."""
+    prefix, _, rest = name.partition(":")
     if name in ENCODERS:
         encoder = ENCODERS[name](**selection)
+    elif rest and prefix in ENCODER_PREFIXES:
+        import importlib
+
+        module, function = ENCODER_PREFIXES[prefix]
+        encoder = getattr(importlib.import_module(module), function)(rest, **selection)
     else:
         from perceptlm.encoders.hf_vision import HFVisionEncoder
 

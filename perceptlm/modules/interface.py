@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from perceptlm import generation
 from perceptlm.connectors import build_connector
-from perceptlm.encoders.base import PerceptualEncoder
+from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
 from perceptlm.injection import INJECTIONS
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
@@ -153,10 +153,16 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
         ``blind=True`` is the "blind" baseline: the same model with the perceptual tokens (the
         encoder's outputs) zeroed, so the LLM still receives the connector's summary tokens, but
-        they carry no information about the media (the encoder does not run)."""
+        they carry no information about the media (the encoder does not run). ``media`` may also be
+        precomputed :class:`PerceptualFeatures` (the feature cache): the encoder does not run then."""
         if blind:
-            batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
+            if isinstance(media, PerceptualFeatures):
+                batch = media.tokens.shape[0]
+            else:
+                batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
             return self.connector(self.encoder.blank(batch, like=next(self.connector.parameters())))
+        if isinstance(media, PerceptualFeatures):
+            return self.connector(media)
         return self.connector(self.encoder(media))
 
     def prefix(self, visual: Tensor) -> Tensor:
