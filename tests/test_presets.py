@@ -30,21 +30,22 @@ from perceptlm.encoders.base import PerceptualFeatures
 
 L0_PRESETS = ["limber-1", "limber-all", "mapl", "depalm-qp-l0", "depalm-r-avgpool", "depalm-r-linear",
               "depalm-r-qpmapper", "depalm-r-rand", "llava", "llava-1.5", "clipcap", "blip2", "minigpt4",
-              "mplug-owl"]
+              "mplug-owl", "instructblip"]
 # Paper-size Q-Formers (768/1024 wide, 6-12 layers) are too big for CPU tests: shrink them.
 TINY = {"width": 64, "num_layers": 2, "num_heads": 4}
-TEST_OVERRIDES = {"blip2": TINY, "minigpt4": TINY, "mplug-owl": TINY}
+TEST_OVERRIDES = {"blip2": TINY, "minigpt4": TINY, "mplug-owl": TINY, "instructblip": TINY}
 # test-tiny-vit: CLS + 4x4 grid, width 64; test-tiny-llama: width 64.
 VISUAL_TOKENS = {"limber-1": 1, "limber-all": 17, "mapl": 32, "depalm-qp-l0": 32, "depalm-r-avgpool": 5,
                  "depalm-r-linear": 5, "depalm-r-qpmapper": 5, "depalm-r-rand": 17, "llava": 16,
-                 "llava-1.5": 16, "clipcap": 10, "blip2": 32, "minigpt4": 32, "mplug-owl": 64}
+                 "llava-1.5": 16, "clipcap": 10, "blip2": 32, "minigpt4": 32, "mplug-owl": 64, "instructblip": 32}
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs" / "mechanisms"
 PROMPTS = ["what shape?\n\nAnswer:\n", "color?\n\nAnswer:\n"]
 ANSWERS = ["circle", "teal"]
 
 
 # -- the documented formula, twice: the preset's string evaluated, and an independent count ---------
-def formula_variables(preset: presets.Preset, D: int, H: int, llm=None) -> dict[str, int]:
+def formula_variables(preset: presets.Preset, D: int, H: int, llm=None, targets: int = 0) -> dict[str, int]:
+    """The formula's symbols; ``targets``: LLM layers the injection acts on (``X``)."""
     c = preset.connector
     config = llm.config if llm is not None else None
     lora = {"L": config.num_hidden_layers, "r": 8,
@@ -52,16 +53,18 @@ def formula_variables(preset: presets.Preset, D: int, H: int, llm=None) -> dict[
     kind = c.get("type", "mapping")
     n = c.get("num_layers", 0)
     Q = {"clipcap": c.get("prefix_length", 10), "resampler": 1}.get(kind, c.get("num_queries", 32))
+    heads = {"A": config.num_attention_heads} if config is not None else {}
     return {"D": D, "W": c.get("width") or D, "H": H, "Q": Q, "n": n, "P": preset.prompt_tokens,
-            "C": math.ceil(n / c.get("cross_attention_freq", 1)), **lora}
+            "C": math.ceil(n / c.get("cross_attention_freq", 1)), "X": targets,
+            "R": preset.injection_options.get("adaption_prompts", 0), **lora, **heads}
 
 
-def formula_value(preset: presets.Preset, D: int, H: int, llm=None) -> int:
+def formula_value(preset: presets.Preset, D: int, H: int, llm=None, targets: int = 0) -> int:
     """Evaluate ``preset.trainable_formula`` with parenthesised prose (comments) removed."""
     expr, previous = preset.trainable_formula, None
     while expr != previous:
         previous, expr = expr, re.sub(r"\s*\([^()]*[A-Za-z]{2,}[^()]*\)", "", expr)
-    return eval(expr, {"__builtins__": {}}, formula_variables(preset, D, H, llm))  # noqa: S307 (test helper)
+    return eval(expr, {"__builtins__": {}}, formula_variables(preset, D, H, llm, targets))  # noqa: S307 (test helper)
 
 
 def expected_trainable(preset: presets.Preset, D: int, H: int, llm=None) -> int:
@@ -94,7 +97,7 @@ def expected_trainable(preset: presets.Preset, D: int, H: int, llm=None) -> int:
         self_layer = linear(W, 3 * W) + linear(W, W) + 2 * W + linear(W, 4 * W) + linear(4 * W, W) + 2 * W
         cross = W * W + 2 * W * D + 3 * W + linear(W, W) + 2 * W
         qformer = 2 * D + Q * W + 2 * W + n * self_layer + math.ceil(n / c["cross_attention_freq"]) * cross
-        total = (0 if c.get("freeze") else qformer) + linear(W, H)
+        total = (0 if c.get("freeze") else qformer) + linear(W, H) + (linear(H, W) if c.get("instruction_aware") else 0)
     else:
         raise AssertionError(f"no formula for connector type {kind}")
     if preset.llm_tuning == "lora" and llm is not None:  # rank 8 on q_proj (H->H) and v_proj (H->K)
@@ -129,12 +132,15 @@ def encoder_for(name, tiny_encoder):
 
 # -- presets ---------------------------------------------------------------------------------------
 def test_every_preset_is_listed_documented_and_configured():
-    for name in L0_PRESETS:
+    readme = (Path(__file__).parents[1] / "experiments" / "README.md").read_text()
+    for name in presets.names():
         preset = presets.get(name)
-        assert preset.paper and preset.trainable_formula and preset.injection == "prefix"
+        assert preset.paper and preset.trainable_formula
+        assert (preset.injection == "prefix") == (name in L0_PRESETS)
         assert preset.connector.get("type", "mapping") in CONNECTORS
         config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
         assert config["model"]["init_args"]["preset"] == name
+        assert f"| `{name}` |" in readme  # the four-axes table
     assert presets.get("mplug-owl").llm_tuning == "lora" and presets.get("blip2").llm_tuning == "frozen"
 
 

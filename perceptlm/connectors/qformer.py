@@ -1,6 +1,8 @@
 """Q-Former connectors: learned queries that read the perceptual tokens through cross-attention
 (BLIP-2, Li et al. 2023 §3.1; Garg & Bas 2023 §2). Also MiniGPT-4's frozen Q-Former + trained
-Linear and an mPLUG-Owl-style visual abstractor (64 queries).
+Linear, an mPLUG-Owl-style visual abstractor (64 queries) and InstructBLIP's instruction-aware
+Q-Former (Dai et al. 2023 §2.2: the instruction tokens join the queries in self-attention, only the
+queries cross-attend to the perceptual tokens and only they are output).
 
 Layers are BERT-like and post-norm: self-attention over the queries, then (every
 ``cross_attention_freq``-th layer, from the first) cross-attention from the queries to the perceptual
@@ -39,11 +41,16 @@ class QFormerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(width, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, queries: Tensor, features: Tensor, padding: Tensor | None) -> Tensor:
-        x = self.self_norm(queries + self.dropout(self.self_attn(queries, queries, queries, need_weights=False)[0]))
+    def forward(self, queries: Tensor, features: Tensor, padding: Tensor | None, num_queries: int | None = None,
+                self_padding: Tensor | None = None) -> Tensor:
+        """``queries [B, Q(+T), W]``: the first ``num_queries`` rows are queries, the rest instruction
+        tokens (self-attention only; ``self_padding`` masks their padding)."""
+        attended = self.self_attn(queries, queries, queries, key_padding_mask=self_padding, need_weights=False)[0]
+        x = self.self_norm(queries + self.dropout(attended))
         if self.cross_attn is not None:
-            attended = self.cross_attn(x, features, features, key_padding_mask=padding, need_weights=False)[0]
-            x = self.cross_norm(x + self.dropout(attended))
+            q = x[:, :num_queries]
+            attended = self.cross_attn(q, features, features, key_padding_mask=padding, need_weights=False)[0]
+            x = torch.cat([self.cross_norm(q + self.dropout(attended)), x[:, q.shape[1]:]], dim=1)
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
 
@@ -69,15 +76,23 @@ class QFormer(nn.Module):
             for i in range(num_layers)
         )
 
-    def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``tokens [B, N, D]``, ``mask [B, N]`` (True = real) -> ``[B, num_queries, width]``."""
+    def forward(self, tokens: Tensor, mask: Tensor | None = None, instruction: Tensor | None = None,
+                instruction_mask: Tensor | None = None) -> Tensor:
+        """``tokens [B, N, D]``, ``mask [B, N]`` (True = real) -> ``[B, num_queries, width]``;
+        ``instruction [B, T, width]`` (with ``instruction_mask``) joins the queries' self-attention."""
         features = self.input_norm(tokens)
         padding = None if mask is None or bool(mask.all()) else ~mask
         x = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1).to(features.dtype)
         x = self.query_dropout(self.query_norm(x))
+        self_padding = None
+        if instruction is not None:
+            x = torch.cat([x, self.query_dropout(self.query_norm(instruction.to(x.dtype)))], dim=1)
+            if instruction_mask is not None:
+                self_padding = torch.cat([instruction_mask.new_zeros(x.shape[0], self.num_queries, dtype=torch.bool),
+                                          ~instruction_mask.bool()], dim=1)
         for layer in self.layers:
-            x = layer(x, features, padding)
-        return x
+            x = layer(x, features, padding, self.num_queries, self_padding)
+        return x[:, : self.num_queries]
 
 
 class QFormerConnector(Connector):
@@ -87,8 +102,12 @@ class QFormerConnector(Connector):
     ``requires_grad=False`` (so it is outside the optimizer) and eval mode (no dropout) even when the
     module trains; only the output Linear trains. ``init_from``: a state dict or Lightning checkpoint
     path (e.g. a trained ``blip2`` run) whose ``connector.qformer.*`` / ``qformer.*`` weights
-    initialise the Q-Former.
+    initialise the Q-Former. ``instruction_aware=True`` (InstructBLIP): :meth:`forward` takes the
+    instruction as LLM token embeddings ``[B, T, out_dim]`` (+ mask), projected to the Q-Former width
+    by a trained Linear — InstructBLIP embeds it with the Q-Former's own BERT vocabulary instead.
     """
+
+    instruction_aware = False
 
     def __init__(
         self,
@@ -104,12 +123,15 @@ class QFormerConnector(Connector):
         layer_norm_eps: float = 1e-12,
         freeze: bool = False,
         init_from: str | None = None,
+        instruction_aware: bool = False,
     ) -> None:
         super().__init__()
         width = width or in_dim
         self.in_dim, self.out_dim, self.frozen = in_dim, out_dim, freeze
         self.qformer = QFormer(in_dim, width, num_queries, num_layers, num_heads, cross_attention_freq,
                                ffn_width, dropout, layer_norm_eps)
+        self.instruction_aware = instruction_aware
+        self.instruction = nn.Linear(out_dim, width) if instruction_aware else None
         self.output = nn.Linear(width, out_dim)
         if init_from:
             self.load_qformer(init_from)
@@ -141,6 +163,12 @@ class QFormerConnector(Connector):
     ) -> int:
         return self.qformer.num_queries
 
-    def forward(self, features: PerceptualFeatures) -> Tensor:
+    def forward(self, features: PerceptualFeatures, instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """``instruction``: ``(embeddings [B, T, out_dim], mask [B, T])`` of the instruction text,
+        used when ``instruction_aware`` (ignored otherwise)."""
         tokens, mask = flatten_layers(features)
-        return self.output(self.qformer(tokens, mask))
+        if self.instruction is None or instruction is None:
+            return self.output(self.qformer(tokens, mask))
+        embeddings, instruction_mask = instruction
+        projected = self.instruction(embeddings.to(self.instruction.weight.dtype))
+        return self.output(self.qformer(tokens, mask, projected, instruction_mask))

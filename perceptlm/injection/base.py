@@ -16,7 +16,10 @@ from perceptlm.llm.language_model import LanguageModel
 
 
 class Injection(nn.Module):
-    """Base class: no prefix tokens, no per-layer state."""
+    """Base class: no prefix tokens, no per-layer state. ``per_encoder_layer``: the connector maps
+    each selected encoder layer separately and the injection receives ``[B, layers, K, H]``."""
+
+    per_encoder_layer = False
 
     def install(self, llm: LanguageModel) -> None:
         """Attach to ``llm`` once, at construction (hooks, wrappers). Default: nothing."""

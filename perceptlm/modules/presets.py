@@ -20,6 +20,8 @@ class Preset:
     ``injection``: name in :data:`perceptlm.injection.INJECTIONS`.
     ``prompt_tokens``: learned input prompt tokens (DePALM §3.4).
     ``llm_tuning``: what of the LLM trains ("frozen", "lora", ...; DePALM's fourth axis).
+    ``stages``: the system's own two-stage recipe (Garg & Bas 2023 §2): ``{"align": {...}, "instruct":
+    {...}}`` with ``llm_tuning`` and ``freeze_connector`` per stage (see ``InterfaceModule(stage=...)``).
     ``trainable_formula``: the trainable-parameter count as an arithmetic expression in the feature
     width ``D``, the mapper width ``W``, the LLM width ``H``, queries/output tokens ``Q``, mapper layers
     ``n``, prompt tokens ``P`` and Q-Former cross-attention layers ``C``; parenthesised words are
@@ -35,10 +37,11 @@ class Preset:
     prompt_tokens: int = 0
     trainable_formula: str = ""
     llm_tuning: str = "frozen"
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> "Preset":
         """Merge dict-valued overrides (``features``, ``connector``) and replace the rest."""
-        valid = {f for f in asdict(self) if f not in ("name", "paper", "trainable_formula")}
+        valid = {f for f in asdict(self) if f not in ("name", "paper", "trainable_formula", "stages")}
         unknown = set(overrides) - valid
         if unknown:
             raise ValueError(f"unknown preset override(s) {sorted(unknown)}; valid: {sorted(valid)}")
@@ -62,6 +65,9 @@ _QFORMER_BODY = (
     "(self-attention, FFN 4W, LayerNorms) + C*(2*W*W+2*D*W+6*W) (cross-attention blocks, C = n/f rounded up)"
 )
 _DEPALM = "DePALM (Vallaeys et al. 2024)"
+# Stage recipes (Garg & Bas 2023 §2, Table 1): stage 1 aligns on caption pairs, stage 2 tunes on
+# instructions. LLaVA fine-tunes the whole LLM in stage 2 (full; frozen or LoRA by override).
+_ALIGN_THEN_INSTRUCT = {"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "frozen"}}
 _GARG_BAS = "Garg & Bas 2023 §2"
 _ALL_LAST = {"layers": 1, "tokens": "all"}
 _BLIP2_QFORMER = {"type": "qformer", "width": 768, "num_queries": 32, "num_layers": 12, "num_heads": 12,
@@ -125,6 +131,42 @@ PRESETS: dict[str, Preset] = {
             trainable_formula=_QP_FORMULA,
         ),
         Preset(
+            name="depalm-qp-inner",
+            paper=(f"{_DEPALM} §3.3 'QP, inner': last 4 encoder layers, one shared QPMapper (32 tokens, run once per "
+                   "encoder layer) injected inside 12 upper LLM layers (17-28 of 32; encoder layers spread in "
+                   "proportion) with per-layer RMSNorm + scale/bias; 16 prompt tokens"),
+            features={"layers": 4, "tokens": "all"},
+            connector={"transformer": "qpmapper", "num_queries": 32, "num_layers": 2, "width": None},
+            injection="inner",
+            injection_options={"start": 0.5, "end": 0.875, "token_norm": True},
+            prompt_tokens=16,
+            trainable_formula=_QP_FORMULA + " + X*2*H (per target layer: scale and bias after a parameter-free RMSNorm)",
+        ),
+        Preset(
+            name="epalm",
+            paper=("eP-ALM (Shukor et al. 2023) §3 as in " + _DEPALM + " §3 presets: CLS of the last 6 encoder layers "
+                   "-> one shared Linear -> one token per upper LLM layer (replaced at each layer); 10 prompt tokens"),
+            features={"layers": 6, "tokens": "cls"},
+            connector={"transformer": None, "input_projection": False},
+            injection="inner",
+            injection_options={"start": 0.5, "end": 1.0},
+            prompt_tokens=10,
+            trainable_formula=_LINEAR_FORMULA + " + P*H (prompt tokens)",
+        ),
+        Preset(
+            name="llama-adapter",
+            paper=("LLaMA-Adapter (Zhang et al. 2023) §3.2-3.3: 10 learned adaption prompts in each of the top "
+                   "layers (30 of 32), the projected global visual feature added to them, zero-init tanh gate "
+                   "per head on their separate softmax"),
+            features={"layers": 1, "tokens": "cls"},
+            connector={"transformer": None, "input_projection": False},
+            injection="inner",
+            injection_options={"start": 0.0625, "end": 1.0, "llm_norm": False, "gated": True,
+                               "adaption_prompts": 10},
+            trainable_formula=(_LINEAR_FORMULA + " + X*R*H (R=10 adaption prompts per target layer) + X*A "
+                               "(one gate per attention head A)"),
+        ),
+        Preset(
             name="limber-1",
             paper=f"LiMBeR (Merullo et al. 2023) as 'LiMBeR(1)' in {_DEPALM} §3 presets: last-layer CLS -> Linear -> 1 token at L0",
             features={"layers": 1, "tokens": "cls"},
@@ -157,6 +199,7 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "patches", "final_norm": False},
             connector={"transformer": None, "input_projection": False},
             trainable_formula=_LINEAR_FORMULA,
+            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full"}},
         ),
         Preset(
             name="llava-1.5",
@@ -164,6 +207,7 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "patches", "final_norm": False},
             connector={"transformer": None, "input_projection": False, "output_depth": 2},
             trainable_formula="D*H+H + H*H+H (2-layer GELU MLP of width H)",
+            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full"}},
         ),
         Preset(
             name="clipcap",
@@ -178,6 +222,17 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "all", "final_norm": False},
             connector=dict(_BLIP2_QFORMER),
             trainable_formula=_QFORMER_BODY + " + W*H+H (output Linear)",
+            stages=_ALIGN_THEN_INSTRUCT,
+        ),
+        Preset(
+            name="instructblip",
+            paper=(f"InstructBLIP (Dai et al. 2023) §2.2: BLIP-2's Q-Former whose queries also attend to the "
+                   f"instruction tokens in self-attention (embedded by the LLM, projected by a Linear), then Linear; "
+                   f"via {_GARG_BAS}"),
+            features={"layers": [-2], "tokens": "all", "final_norm": False},
+            connector={**_BLIP2_QFORMER, "instruction_aware": True},
+            trainable_formula=_QFORMER_BODY + " + H*W+W (instruction projection) + W*H+H (output Linear)",
+            stages=_ALIGN_THEN_INSTRUCT,
         ),
         Preset(
             name="minigpt4",
@@ -185,6 +240,7 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "all", "final_norm": False},
             connector={**_BLIP2_QFORMER, "freeze": True, "init_from": None},
             trainable_formula="W*H+H (output Linear; the Q-Former is frozen)",
+            stages=_ALIGN_THEN_INSTRUCT,
         ),
         Preset(
             name="mplug-owl",
@@ -195,6 +251,7 @@ PRESETS: dict[str, Preset] = {
                        "cross_attention_freq": 1},
             trainable_formula=_QFORMER_BODY + " + W*H+H (output Linear) + L*r*(2*H + H+K) (LoRA, rank r=8 on q_proj and v_proj of the L LLM layers; K = key/value width)",
             llm_tuning="lora",
+            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "lora", "freeze_connector": True}},
         ),
     ]
 }
