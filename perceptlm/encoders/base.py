@@ -68,6 +68,17 @@ def resolve_layers(layers: int | Sequence[int], num_layers: int, encoder: str) -
     return sorted(set(resolved))
 
 
+_SELECTION_ATTRIBUTES = frozenset({"name", "training", "trainable", "layer_spec", "layer_indices",
+                                   "token_selection", "apply_final_norm"})
+
+
+def _plain(value: Any) -> bool:
+    """A JSON scalar or a list/tuple of them (a configuration value, not state)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
 class PerceptualEncoder(nn.Module):
     """A frozen perceptual backbone with layer and token selection.
 
@@ -78,6 +89,9 @@ class PerceptualEncoder(nn.Module):
 
     modality: str = "image"
     name: str = "encoder"
+    # True when :meth:`preprocess` draws random augmentations (crops, frame offsets): such media
+    # have no single encoding per file, so the feature cache refuses the encoder.
+    random_augmentation: bool = False
 
     def __init__(
         self,
@@ -118,6 +132,23 @@ class PerceptualEncoder(nn.Module):
     def stack_media(items: list[Any]) -> Any:
         """Batch :meth:`preprocess` outputs (a tensor stack by default)."""
         return torch.stack(items)
+
+    def preprocess_config(self) -> dict[str, Any]:
+        """What besides the weights and the selection shapes the features: the class and every
+        public plain-valued attribute (image size, mean/std, resampling, frame count, ...).
+        Override when preprocessing depends on anything else."""
+        config: dict[str, Any] = {"class": f"{type(self).__module__}.{type(self).__qualname__}"}
+        for key, value in sorted(vars(self).items()):
+            if not key.startswith("_") and key not in _SELECTION_ATTRIBUTES and _plain(value):
+                config[key] = value
+        return config
+
+    def cache_key(self) -> dict[str, Any]:
+        """The feature cache's key for this encoder: name, selection (DePALM §3.1), preprocessing and
+        parameter dtype (the cache adds a digest of the weights)."""
+        dtype = next((p.dtype for p in self.parameters()), torch.float32)
+        return {"name": self.name, "layers": list(self.layer_indices), "tokens": self.token_selection,
+                "final_norm": self.apply_final_norm, "preprocess": self.preprocess_config(), "dtype": str(dtype)}
 
     # -- shared ----------------------------------------------------------------------------
     def setup_selection(self) -> None:

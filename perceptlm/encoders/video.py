@@ -1,0 +1,312 @@
+"""Video encoders: any image encoder run on every frame with temporal aggregation
+(:class:`VideoFrameEncoder`), and TimeSformer (Bertasius, Wang & Torresani, "Is Space-Time
+Attention All You Need for Video Understanding?", ICML 2021), DePALM's video backbone
+(:class:`TimeSformerEncoder`).
+
+Media are ``[B, T, 3, H, W]`` (``preprocess`` maps ``[T, H, W, 3]`` uint8 frames to ``[T, 3, S, S]``;
+frames are read by :func:`perceptlm.data.video.load_video`). Token layout, shared by both:
+
+- ``temporal="concat"``: the CLS token first, then the patch tokens of frame 0, frame 1, ...
+  (frame-major), ``1 + T * P`` tokens (DePALM: "TimeSformer 1+16x196"); ``grid`` is None, so token
+  resamplers group consecutive tokens. For a per-frame image encoder the CLS token is the mean of
+  the frames' CLS tokens. Without a CLS token (e.g. SigLIP) it is ``T * P`` patch tokens.
+- ``temporal="mean"``: every token averaged over the frames, the image layout and ``grid``
+  (DePALM: "197 when averaged over time").
+
+Selection is the image encoder's: the last ``k`` (or listed) blocks, CLS / patches / all, and the
+final norm, applied to every frame's tokens before the temporal aggregation (so each frame's
+features are exactly the image encoder's). With ``tokens="patches"`` and ``concat`` the result is
+the ``T * P`` patch tokens; with ``"cls"`` the (frame-averaged) CLS token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from perceptlm.encoders.base import PerceptualEncoder, TokenSelection
+
+TEMPORAL = ("mean", "concat")
+DEFAULT_NUM_FRAMES = 16  # DePALM's MSR-VTT protocol
+
+
+def _frames_array(frames: Any, num_frames: int, name: str) -> Any:
+    if isinstance(frames, Tensor):
+        frames = frames.cpu().numpy()
+    if len(frames) != num_frames:
+        raise ValueError(f"{name}: got {len(frames)} frames, this encoder takes num_frames={num_frames}")
+    return frames
+
+
+def _check_media(media: Tensor, num_frames: int, name: str) -> None:
+    if media.ndim != 5 or media.shape[1] != num_frames:
+        raise ValueError(f"{name}: expected frames [B, {num_frames}, 3, H, W], got {tuple(media.shape)}")
+
+
+def aggregate_frames(tokens: Tensor, temporal: str, has_cls: bool, mask: Tensor | None = None) -> Tensor:
+    """``[B, T, N, D]`` per-frame tokens -> ``[B, N', D]`` (see the module docstring); ``mask``
+    ``[B, T, N]`` excludes invalid tokens from the means."""
+    weights = torch.ones_like(tokens[..., :1]) if mask is None else mask.unsqueeze(-1).to(tokens.dtype)
+
+    def mean(x: Tensor, w: Tensor) -> Tensor:
+        return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+    if temporal == "mean":
+        return mean(tokens, weights)
+    patches = tokens[:, :, int(has_cls):].flatten(1, 2)
+    return torch.cat([mean(tokens[:, :, :1], weights[:, :, :1]), patches], 1) if has_cls else patches
+
+
+def aggregate_mask(mask: Tensor, temporal: str, has_cls: bool) -> Tensor:
+    """``[B, T, N]`` per-frame validity -> the ``[B, N']`` validity of :func:`aggregate_frames`."""
+    if temporal == "mean":
+        return mask.any(1)
+    patches = mask[:, :, int(has_cls):].flatten(1, 2)
+    return torch.cat([mask[:, :, :1].any(1), patches], 1) if has_cls else patches
+
+
+def _check_temporal(temporal: str, num_frames: int) -> None:
+    if temporal not in TEMPORAL:
+        raise ValueError(f"temporal={temporal!r} is not a temporal aggregation; valid: {TEMPORAL}")
+    if int(num_frames) < 1:
+        raise ValueError(f"num_frames={num_frames} must be >= 1")
+
+
+class VideoFrameEncoder(PerceptualEncoder):
+    """Any image :class:`PerceptualEncoder` run on the ``B * T`` frames in one batch, then
+    aggregated over time (``temporal``: ``"mean"`` or ``"concat"``, see the module docstring)."""
+
+    modality = "video"
+
+    def __init__(self, image_encoder: PerceptualEncoder, num_frames: int = DEFAULT_NUM_FRAMES,
+                 temporal: str = "mean", **selection: Any) -> None:
+        super().__init__(**selection)
+        if not isinstance(image_encoder, PerceptualEncoder) or image_encoder.modality != "image":
+            raise ValueError(f"VideoFrameEncoder wraps an image PerceptualEncoder, got {image_encoder!r}")
+        if self.trainable and not image_encoder.trainable:
+            raise ValueError(f"{image_encoder.name} is frozen: load it with trainable=True to train the video encoder")
+        self.image_encoder = image_encoder
+        self.name = f"video:{image_encoder.name}"
+        self.embed_dim = image_encoder.embed_dim
+        self.num_layers = image_encoder.num_layers
+        self.has_cls = image_encoder.has_cls
+        self._configure(num_frames, temporal)
+        self.setup_selection()
+
+    def _configure(self, num_frames: int, temporal: str) -> None:
+        _check_temporal(temporal, num_frames)
+        self.num_frames, self.temporal = int(num_frames), temporal
+        image = self.image_encoder
+        if temporal == "mean":
+            self.grid, self.num_raw_tokens = image.grid, image.num_raw_tokens
+        else:
+            patches = image.num_raw_tokens - int(image.has_cls)
+            self.grid, self.num_raw_tokens = None, int(image.has_cls) + self.num_frames * patches
+
+    def with_selection(self, layers: int | Sequence[int] | None = None, tokens: TokenSelection | None = None,
+                       final_norm: bool | None = None, num_frames: int | None = None,
+                       temporal: str | None = None) -> "VideoFrameEncoder":
+        """A view with another selection, frame count or aggregation; the weights are shared."""
+        view = super().with_selection(layers, tokens, final_norm)
+        view._configure(self.num_frames if num_frames is None else num_frames, temporal or self.temporal)
+        return view
+
+    def hidden_states(self, media: Tensor, layers: list[int]) -> tuple[list[Tensor], Tensor | None]:
+        _check_media(media, self.num_frames, self.name)
+        batch, frames = media.shape[:2]
+        image = self.image_encoder
+        states, mask = image.hidden_states(media.flatten(0, 1), layers)
+        if self.apply_final_norm:
+            states = [image.final_norm(s) for s in states]
+        frame_mask = None if mask is None else mask.unflatten(0, (batch, frames))
+        states = [aggregate_frames(s.unflatten(0, (batch, frames)), self.temporal, self.has_cls, frame_mask)
+                  for s in states]
+        return states, None if frame_mask is None else aggregate_mask(frame_mask, self.temporal, self.has_cls)
+
+    def final_norm(self, hidden: Tensor) -> Tensor:
+        """Identity: the image encoder's final norm is applied per frame in :meth:`hidden_states`."""
+        return hidden
+
+    def preprocess(self, item: Any) -> Tensor:
+        """``[T, H, W, 3]`` uint8 frames (array, tensor or list of PIL images) -> ``[T, 3, S, S]`` with
+        the image encoder's preprocessing on every frame."""
+        frames = _frames_array(item, self.num_frames, self.name)
+        return torch.stack([self.image_encoder.preprocess(frame) for frame in frames])
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {**super().preprocess_config(), "frames": self.image_encoder.preprocess_config()}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_frames={self.num_frames}, temporal={self.temporal!r}"
+
+
+class TimeSformerEncoder(PerceptualEncoder):
+    """transformers' ``TimesformerModel`` with per-block readout.
+
+    Readable layers: the encoder blocks (``hidden_states[1:]`` of ``output_hidden_states=True``);
+    final norm: the model's ``layernorm``. The model reads exactly ``config.num_frames`` frames of
+    ``config.image_size`` pixels. Its patch tokens come patch-major (position ``p``, frame ``t`` at
+    ``1 + p*T + t``); they are reordered frame-major (see the module docstring). Preprocessing: plain
+    resize to ``image_size`` (no crop), mean/std from the checkpoint's ``preprocessor_config.json``
+    when cached locally, else 0.45 / 0.225 (the released checkpoints' values).
+    """
+
+    modality = "video"
+    has_cls = True
+
+    def __init__(self, model: nn.Module, name: str | None = None, temporal: str = "concat",
+                 image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
+                 resample: str | None = None, **selection: Any) -> None:
+        super().__init__(**selection)
+        config = model.config
+        if config.model_type != "timesformer":
+            raise ValueError(f"TimeSformerEncoder needs a TimesformerModel, got model_type {config.model_type!r}")
+        self.model = model
+        self.name = name or getattr(config, "name_or_path", "") or "timesformer"
+        self.embed_dim = config.hidden_size
+        self.num_layers = config.num_hidden_layers
+        self.image_size = int(config.image_size)
+        side = self.image_size // config.patch_size
+        self.patch_grid = (side, side)
+        self.image_mean = tuple(image_mean or (0.45, 0.45, 0.45))
+        self.image_std = tuple(image_std or (0.225, 0.225, 0.225))
+        self.resample = resample or "bilinear"
+        self._configure(config.num_frames, temporal)
+        self.setup_selection()
+
+    def _configure(self, num_frames: int, temporal: str) -> None:
+        _check_temporal(temporal, num_frames)
+        if num_frames != self.model.config.num_frames:
+            raise ValueError(
+                f"{self.name} reads exactly {self.model.config.num_frames} frames, not num_frames={num_frames}"
+            )
+        self.num_frames, self.temporal = int(num_frames), temporal
+        patches = self.patch_grid[0] * self.patch_grid[1]
+        if temporal == "mean":
+            self.grid, self.num_raw_tokens = self.patch_grid, 1 + patches
+        else:
+            self.grid, self.num_raw_tokens = None, 1 + self.num_frames * patches
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, temporal: str = "concat", num_frames: int | None = None,
+                        torch_dtype: torch.dtype | None = None, **selection: Any) -> "TimeSformerEncoder":
+        """A TimeSformer checkpoint (hub id or local folder; a video-classification checkpoint loads
+        its backbone) from local files only: nothing is downloaded."""
+        from transformers import TimesformerModel
+
+        from perceptlm.encoders.hf_vision import _PIL_RESAMPLE, _local_processor_config
+
+        extra: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
+        try:
+            model = TimesformerModel.from_pretrained(name_or_dir, local_files_only=True, **extra)
+        except OSError as error:
+            raise ValueError(
+                f"cannot load TimeSformer {name_or_dir!r}: not a local folder and not in the local Hugging Face "
+                f"cache (download it beforehand, e.g. `huggingface-cli download {name_or_dir}`): {error}"
+            ) from None
+        processor = _local_processor_config(str(name_or_dir))
+        encoder = cls(model.eval(), name=str(name_or_dir), temporal=temporal, image_mean=processor.get("image_mean"),
+                      image_std=processor.get("image_std"), resample=_PIL_RESAMPLE.get(processor.get("resample")),
+                      **selection)
+        if num_frames is not None:
+            encoder._configure(num_frames, temporal)  # only validates: the checkpoint fixes the frame count
+        return encoder
+
+    def with_selection(self, layers: int | Sequence[int] | None = None, tokens: TokenSelection | None = None,
+                       final_norm: bool | None = None, num_frames: int | None = None,
+                       temporal: str | None = None) -> "TimeSformerEncoder":
+        """A view with another selection or aggregation (the frame count is the checkpoint's)."""
+        view = super().with_selection(layers, tokens, final_norm)
+        view._configure(self.num_frames if num_frames is None else num_frames, temporal or self.temporal)
+        return view
+
+    def hidden_states(self, media: Tensor, layers: list[int]) -> tuple[list[Tensor], Tensor | None]:
+        _check_media(media, self.num_frames, self.name)
+        if tuple(media.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{self.name}: frames are {tuple(media.shape[-2:])}, expected {self.image_size}px (see preprocess)"
+            )
+        dtype = next(self.model.parameters()).dtype
+        blocks = self.model(pixel_values=media.to(dtype), output_hidden_states=True).hidden_states[1:]
+        if len(blocks) != self.num_layers:
+            raise RuntimeError(f"{self.name}: got {len(blocks)} block outputs, expected {self.num_layers}")
+        states = []
+        for index in layers:
+            tokens = blocks[index]
+            if self.apply_final_norm:
+                tokens = self.model.layernorm(tokens)  # per token, before any temporal averaging
+            per_frame = frame_major(tokens, self.num_frames)  # [B, T, 1 + P, D], CLS repeated per frame
+            states.append(aggregate_frames(per_frame, self.temporal, has_cls=True))
+        return states, None
+
+    def final_norm(self, hidden: Tensor) -> Tensor:
+        """Identity: the model's ``layernorm`` is applied per token in :meth:`hidden_states`."""
+        return hidden
+
+    def preprocess(self, item: Any) -> Tensor:
+        """``[T, H, W, 3]`` uint8 frames -> ``[T, 3, S, S]``: plain resize, scale to [0, 1], mean/std."""
+        from perceptlm.encoders.efficientnet import image_to_tensor
+
+        frames = _frames_array(item, self.num_frames, self.name)
+        size = (self.image_size, self.image_size)
+        return torch.stack([image_to_tensor(f, size, self.image_mean, self.image_std, self.resample) for f in frames])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_frames={self.num_frames}, temporal={self.temporal!r}"
+
+
+def frame_major(tokens: Tensor, num_frames: int) -> Tensor:
+    """TimeSformer's ``[B, 1 + P*T, D]`` (CLS, then patch-major) -> ``[B, T, 1 + P, D]``: per frame, the
+    shared CLS token followed by that frame's patch tokens."""
+    batch, count, dim = tokens.shape
+    patches = tokens[:, 1:].unflatten(1, ((count - 1) // num_frames, num_frames)).transpose(1, 2)
+    return torch.cat([tokens[:, None, :1].expand(batch, num_frames, 1, dim), patches], 2)
+
+
+# -- factories (zoo) ------------------------------------------------------------------------------
+def video_encoder(image: str | PerceptualEncoder, num_frames: int = DEFAULT_NUM_FRAMES, temporal: str = "mean",
+                  layers: int | Sequence[int] = 1, tokens: TokenSelection = "all", final_norm: bool = True,
+                  trainable: bool = False, **image_options: Any) -> VideoFrameEncoder:
+    """Zoo prefix ``video:NAME``: the image encoder ``NAME`` (any zoo name, hub id or folder; its
+    own options in ``image_options``) on every frame."""
+    if isinstance(image, str):
+        from perceptlm import zoo
+
+        image = zoo.load_encoder(image, trainable=trainable, **image_options)
+    return VideoFrameEncoder(image, num_frames=num_frames, temporal=temporal, layers=layers, tokens=tokens,
+                             final_norm=final_norm, trainable=trainable)
+
+
+def timesformer_encoder(name_or_dir: str, **options: Any) -> TimeSformerEncoder:
+    """Zoo prefix ``timesformer:ID``: :meth:`TimeSformerEncoder.from_pretrained`."""
+    return TimeSformerEncoder.from_pretrained(name_or_dir, **options)
+
+
+TINY_TIMESFORMER = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=64, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=128)
+
+
+def tiny_timesformer_encoder(temporal: str = "concat", num_frames: int | None = None,
+                             **selection: Any) -> TimeSformerEncoder:
+    """Zoo entry ``test-tiny-timesformer``: random-init (seeded) 4 blocks, width 64, 4 frames of 32 px,
+    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``)."""
+    from transformers import TimesformerConfig, TimesformerModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = TimesformerModel(TimesformerConfig(**TINY_TIMESFORMER))
+    encoder = TimeSformerEncoder(model.eval(), name="test-tiny-timesformer", temporal=temporal, **selection)
+    if num_frames is not None:
+        encoder._configure(num_frames, temporal)
+    return encoder
+
+
+def tiny_video_encoder(num_frames: int = 4, **options: Any) -> VideoFrameEncoder:
+    """Zoo entry ``test-tiny-video``: ``video:test-tiny-vit`` with 4 frames by default."""
+    return video_encoder("test-tiny-vit", num_frames=num_frames, **options)
+
+
+__all__ = ["TEMPORAL", "TimeSformerEncoder", "VideoFrameEncoder", "aggregate_frames", "frame_major",
+           "timesformer_encoder", "tiny_timesformer_encoder", "tiny_video_encoder", "video_encoder"]
