@@ -13,6 +13,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from perceptlm.data.collate import DEFAULT_TEMPLATES, Collator, Sample
+from perceptlm.data.resumable import ResumableDataLoader
 
 
 def subset_indices(size: int, fraction: float | None, limit: int | None, seed: int) -> list[int]:
@@ -38,10 +39,25 @@ def load_image(path: Path) -> Any:
 
 
 class MediaDataset(Dataset):
-    """Samples whose ``media`` path is read and preprocessed on access."""
+    """Samples whose ``media`` path is read and preprocessed on access.
 
-    def __init__(self, samples: list[Sample], load: Callable[[Path], Any], preprocess: Callable[[Any], Any]):
+    ``sampled=True``: ``load(path, train, generator)`` draws what it reads (video frames); the
+    generator is ``numpy.random.default_rng((seed, epoch, index))`` in training, so each epoch draws
+    anew and a run is reproducible, and None at evaluation (deterministic reads)."""
+
+    def __init__(self, samples: list[Sample], load: Callable[..., Any], preprocess: Callable[[Any], Any],
+                 train: bool = False, seed: int = 0, sampled: bool = False):
         self.samples, self.load, self.preprocess = samples, load, preprocess
+        self.train, self.seed, self.sampled, self.epoch = train, seed, sampled, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _load(self, index: int, path: Any) -> Any:
+        if not self.sampled:
+            return self.load(path)
+        generator = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
+        return self.load(path, self.train, generator)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -52,29 +68,49 @@ class MediaDataset(Dataset):
         the collator drops it and the model counts it, so one bad file never stops a run."""
         sample = self.samples[index]
         try:
-            media = self.preprocess(self.load(sample.media))
+            media = self.preprocess(self._load(index, sample.media))
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip this sample"
             reason = f"{sample.media}: {type(error).__name__}: {error}"
             return Sample(sample.id, None, sample.prompt, sample.targets, {**sample.extra, "skipped": reason})
         return Sample(sample.id, media, sample.prompt, sample.targets, {**sample.extra, "source": str(sample.media)})
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so a run resumed at an epoch boundary sees the
-    same order as an uninterrupted one (Lightning calls :meth:`set_epoch`)."""
+class EpochShuffleSampler(DistributedSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an
+    uninterrupted one (Lightning calls :meth:`set_epoch`; it is passed on to ``dataset`` when given,
+    for per-epoch media sampling). Under ``torch.distributed`` rank r takes positions r, r+W, ...
+    of the shuffle (padded like ``DistributedSampler``), so Lightning keeps this sampler as it is.
+    :meth:`skip` starts the next iteration part-way (a resumed epoch, see ``ResumableDataLoader``)."""
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, dataset: Any = None, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        num_replicas = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
+        rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        super().__init__(dataset if dataset is not None else range(size), num_replicas=num_replicas, rank=rank,
+                         shuffle=True, seed=seed, drop_last=False)
+        self.size, self._skip = size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def skip(self, count: int) -> None:
+        """Leave out the first ``count`` indices of this rank's next iteration (once)."""
+        self._skip = count
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.num_replicas > 1:
+            order = (order * math.ceil(self.total_size / max(1, self.size)))[: self.total_size]
+            order = order[self.rank : self.total_size : self.num_replicas]
+        skip, self._skip = self._skip, 0
+        return iter(order[skip:])
 
     def __len__(self) -> int:
-        return self.size
+        return self.num_samples
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -94,10 +130,14 @@ class PerceptionDataModule(LightningDataModule):
     """Base for every dataset. Subclasses implement :meth:`load_samples` (and may override
     :meth:`load_media`, :meth:`eval_limit`). The model supplies the tokenizer and the media
     preprocessing through :meth:`connect` (the CLI links them; ``InterfaceModule.setup`` connects
-    a datamodule passed to ``Trainer.fit`` directly)."""
+    a datamodule passed to ``Trainer.fit`` directly). ``feature_cache`` (a folder, or ``"auto"``)
+    trains and evaluates from the frozen encoder's precomputed outputs
+    (:mod:`perceptlm.data.feature_cache`); the encoder comes through :meth:`attach_encoder`."""
 
     name = "dataset"
     splits = {"train": "train", "val": "val", "test": "test", "predict": "test"}
+    # True when load_media(path, train, generator) samples what it reads (video frames); see MediaDataset.
+    sampled_media = False
 
     def __init__(
         self,
@@ -111,6 +151,7 @@ class PerceptionDataModule(LightningDataModule):
         limit: int | None = None,
         seed: int = 0,
         max_length: int = 256,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         subset_indices(1, fraction, limit, seed)  # validate early
@@ -125,8 +166,12 @@ class PerceptionDataModule(LightningDataModule):
         self.tokenizer: Any = None
         self.preprocess: Callable[[Any], Any] | None = None
         self.stack_media: Callable[[list[Any]], Any] | None = None
+        self.num_frames: int | None = None  # from the model's video encoder, through connect()
         self.datasets: dict[str, MediaDataset] = {}
         self.subset_ids: dict[str, list[str]] = {}
+        self.feature_cache = feature_cache  # a folder, or "auto": $PERCEPTLM_CACHE/features
+        self.encoder: Any = None
+        self._cached: dict[str, Dataset] = {}
 
     # -- to implement ------------------------------------------------------------------------------
     def load_samples(self, split: str) -> list[Sample]:
@@ -137,6 +182,20 @@ class PerceptionDataModule(LightningDataModule):
 
     def eval_limit(self, stage: str) -> int | None:
         return None
+
+    def media_config(self, stage: str) -> dict[str, Any]:
+        """How media files are decoded (part of the feature cache's key; the cache reads every
+        stage the evaluation way). Override when decoding has more options."""
+        owner = next(c for c in type(self).__mro__ if "load_media" in vars(c))
+        return {"load_media": f"{owner.__module__}.{owner.__qualname__}", "num_frames": self.num_frames}
+
+    def random_augmentation(self, stage: str) -> str | None:
+        """What makes this stage's media random (the feature cache refuses it), or None: training
+        reads of ``sampled_media`` unless ``train_frame_sampling`` is ``uniform``."""
+        if stage != "train" or not self.sampled_media:
+            return None
+        sampling = getattr(self, "train_frame_sampling", "random")
+        return None if sampling == "uniform" else f"{type(self).__name__} train_frame_sampling={sampling!r}"
 
     # -- shared ------------------------------------------------------------------------------------
     @property
@@ -149,12 +208,24 @@ class PerceptionDataModule(LightningDataModule):
         preprocess: Callable[[Any], Any],
         stack_media: Callable[[list[Any]], Any] | None = None,
         max_length: int | None = None,
+        num_frames: int | None = None,
     ) -> None:
         """Receive what the data needs from the model: its tokenizer, how one media item is
-        preprocessed and how preprocessed items are batched (``encoder.stack_media``)."""
+        preprocessed, how preprocessed items are batched (``encoder.stack_media``) and, for video
+        encoders, how many frames a clip is sampled to (``encoder.num_frames``)."""
         self.tokenizer, self.preprocess, self.stack_media = tokenizer, preprocess, stack_media
+        self.num_frames = num_frames
         if max_length is not None:
             self.max_length = max_length
+
+    def attach_encoder(self, encoder: Any) -> None:
+        """The model's encoder, which ``feature_cache`` keys and builds the cache with (the CLI and
+        ``InterfaceModule.setup`` attach it). Random augmentation is refused here, before any work."""
+        if self.feature_cache is not None:
+            from perceptlm.data.feature_cache import check_cacheable
+
+            check_cacheable(encoder, self, "train")
+        self.encoder = encoder
 
     def _require_connected(self) -> None:
         if not self.connected:
@@ -176,7 +247,8 @@ class PerceptionDataModule(LightningDataModule):
             examples = ", ".join(str(m) for m in missing[:3])
             raise FileNotFoundError(f"{self.name} {stage}: {len(missing)} media files are missing, e.g. {examples}")
         self.subset_ids[stage] = [s.id for s in samples]
-        return MediaDataset(samples, self.load_media, self._preprocess)
+        return MediaDataset(samples, self.load_media, self._preprocess, train=stage == "train", seed=self.seed,
+                            sampled=self.sampled_media)
 
     def _preprocess(self, item: Any) -> Any:
         self._require_connected()
@@ -190,16 +262,48 @@ class PerceptionDataModule(LightningDataModule):
 
     def _collator(self, train: bool) -> Collator:
         self._require_connected()
-        return Collator(self.tokenizer, self.task, train=train, stack_media=self.stack_media,
+        stack_media = self.stack_media
+        if self.feature_cache is not None:
+            from perceptlm.data.feature_cache import stack_features as stack_media
+        return Collator(self.tokenizer, self.task, train=train, stack_media=stack_media,
                         max_length=self.max_length, seed=self.seed)
 
+    def _loader_dataset(self, stage: str) -> Dataset:
+        """The stage's dataset; with ``feature_cache``, its samples read the cached features (built
+        here on first use, once the model has connected its encoder)."""
+        dataset = self.datasets[stage]
+        if self.feature_cache is None:
+            return dataset
+        cached = self._cached.get(stage)
+        if cached is None or cached.samples is not dataset.samples:
+            from perceptlm.data.feature_cache import cached_dataset
+
+            cached = self._cached[stage] = cached_dataset(self, stage, dataset)
+        return cached
+
     def train_dataloader(self) -> DataLoader:
-        dataset = self.datasets["train"]
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.seed),
-                          num_workers=self.num_workers, collate_fn=self._collator(train=True), drop_last=False)
+        dataset = self._loader_dataset("train")
+        loader = ResumableDataLoader(dataset, batch_size=self.batch_size, sampler=EpochShuffleSampler(len(dataset), self.seed, dataset),
+                                     num_workers=self.num_workers, collate_fn=self._collator(train=True), drop_last=False)
+        if getattr(self, "_train_position", None):
+            loader.load_state_dict(self._train_position)
+        self._train_loader, self._train_position = loader, None
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's place in its epoch. Lightning also restores it through the fit loop,
+        except when the loader was built before the checkpoint was read (``max_epochs`` runs build it
+        for ``estimated_stepping_batches``; ``FitLoop.setup_data`` then returns early)."""
+        loader = getattr(self, "_train_loader", None)
+        return {"train_position": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._train_position = state.get("train_position")
+        if self._train_position and getattr(self, "_train_loader", None) is not None:
+            self._train_loader.load_state_dict(self._train_position)
 
     def _eval_loader(self, stage: str) -> DataLoader:
-        dataset = self.datasets[stage]
+        dataset = self._loader_dataset(stage)
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             sampler = UnpaddedDistributedSampler(dataset)

@@ -6,9 +6,11 @@ Evaluation batches carry left-padded prompts (for batched generation) and the re
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 DEFAULT_TEMPLATES = {
@@ -58,9 +60,21 @@ class Collator:
         self.train = train
         self.stack_media = stack_media or torch.stack
         self.max_length = max_length
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.epoch = seed, 0
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    def set_epoch(self, epoch: int) -> None:
+        """The training epoch, for :meth:`pick` (the training loader sets it)."""
+        self.epoch = epoch
+
+    def pick(self, sample: Sample) -> int:
+        """Which of a sample's targets it trains on: drawn from (seed, epoch, sample id) alone, so
+        the choice does not depend on batch order, loader workers or an interrupted-and-resumed run."""
+        if len(sample.targets) < 2:
+            return 0
+        key = zlib.crc32(str(sample.id).encode())
+        return int(np.random.default_rng((self.seed, self.epoch, key)).integers(len(sample.targets)))
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -81,8 +95,7 @@ class Collator:
         if self.train:
             sequences, labels = [], []
             for sample, prompt in zip(samples, prompts):
-                pick = int(torch.randint(len(sample.targets), (1,), generator=self.generator)) if len(sample.targets) > 1 else 0
-                target = self._ids(sample.targets[pick]) + [self.eos]
+                target = self._ids(sample.targets[self.pick(sample)]) + [self.eos]
                 sequence = (prompt + target)[: self.max_length]
                 sequences.append(sequence)
                 labels.append(([-100] * len(prompt) + target)[: self.max_length])

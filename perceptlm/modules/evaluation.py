@@ -34,12 +34,18 @@ def _natural(key: str) -> tuple[int, Any]:
     return (0, int(key)) if key.isdigit() else (1, key)
 
 
-def score(task: str, predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    """The task's metrics on coco-caption / official-VQA scales (VQA accuracy in [0, 1])."""
+def score(task: str, predictions: list[str], references: list[list[str]],
+          meta: list[dict[str, Any] | None] | None = None) -> dict[str, float]:
+    """The task's metrics on coco-caption / official-VQA scales (VQA accuracy in [0, 1]); the
+    instruction tasks (mcq, yesno, conversation, llava_bench, instruct) and captions with per-sample
+    ``meta`` are scored by :func:`perceptlm.eval.scoring.score_instruction`."""
+    from perceptlm.eval.scoring import TASKS as INSTRUCTION_TASKS, score_instruction
     from perceptlm.metrics import functional as M
 
     if not predictions:
         return {}
+    if task in INSTRUCTION_TASKS or (task == "caption" and meta and any(meta)):
+        return score_instruction(task, predictions, references, meta)
     if task == "vqa":
         if all(len(r) == 1 for r in references):
             # One ground-truth answer per question (easy-VQA, GQA-style): the VQA leave-one-out
@@ -51,7 +57,7 @@ def score(task: str, predictions: list[str], references: list[list[str]]) -> dic
         bleu = M.bleu(predictions, references)
         return {"cider": float(M.cider(predictions, references)), "bleu4": float(bleu[3]),
                 "rouge_l": float(M.rouge_l(predictions, references))}
-    raise ValueError(f"no metrics for task {task!r}; valid tasks: 'vqa', 'caption'")
+    raise ValueError(f"no metrics for task {task!r}; valid tasks: 'vqa', 'caption', {', '.join(map(repr, INSTRUCTION_TASKS))}")
 
 
 class EvaluationMixin:
@@ -69,11 +75,20 @@ class EvaluationMixin:
         args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
         predictions = self._decode(self.generate(*args))
         blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
+        choices = None
+        if "option_ids" in batch:  # multiple choice: also pick the most likely option
+            from perceptlm.eval.likelihood import option_loglikelihood_choice
+
+            choices = option_loglikelihood_choice(self, batch)
         for i, sample_id in enumerate(batch["ids"]):
             record = {"id": sample_id, "media": batch["sources"][i],
                       "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
             if blind is not None:
                 record["blind_prediction"] = blind[i]
+            if "meta" in batch:
+                record["meta"] = batch["meta"][i]
+            if choices is not None:
+                record["likelihood_choice"] = choices[i]
             self._records.append(record)
 
     def _eval_start(self) -> None:
@@ -87,10 +102,15 @@ class EvaluationMixin:
         records = gather_records(self._records)
         self._records = []
         refs = [r["references"] for r in records]
-        metrics = score(self._task, [r["prediction"] for r in records], refs)
+        meta = [r.get("meta") for r in records] if any("meta" in r for r in records) else None
+        metrics = score(self._task, [r["prediction"] for r in records], refs, meta)
         if records and "blind_prediction" in records[0]:
-            blind = score(self._task, [r["blind_prediction"] for r in records], refs)
+            blind = score(self._task, [r["blind_prediction"] for r in records], refs, meta)
             metrics.update({f"blind_{k}": v for k, v in blind.items()})
+        from perceptlm.eval.scoring import likelihood_accuracy
+
+        if (accuracy := likelihood_accuracy(records)) is not None:  # multiple choice by option likelihood
+            metrics["accuracy_likelihood"] = accuracy
         metrics["num_samples"] = float(len(records))
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
         if self.trainer.is_global_zero:
@@ -106,10 +126,20 @@ class EvaluationMixin:
             return
         import wandb
 
+        strips: dict[str, Any] = {}  # video path -> a horizontal strip of frames, shown as an image
+
         def media(path: str | None) -> Any:
             suffix = Path(path).suffix.lower() if path else ""
             if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
                 return wandb.Image(path)
+            if suffix in (".mp4", ".avi", ".webm", ".mkv", ".mov"):
+                from perceptlm.data.video import frame_strip
+
+                try:
+                    strips[path] = frame_strip(path)
+                except Exception:  # noqa: BLE001 - an undecodable clip is shown by its path
+                    return path
+                return wandb.Image(strips[path])
             if suffix in (".wav", ".flac", ".mp3", ".ogg"):
                 return wandb.Audio(path)
             return path
@@ -121,7 +151,8 @@ class EvaluationMixin:
         for logger in loggers:
             logger.log_table(f"{stage}/predictions", columns=columns, data=data, step=self.global_step)
             if images:  # also as captioned images, which every W&B version renders
-                logger.log_image(f"{stage}/examples", images=[r["media"] for r in images], step=self.global_step,
+                logger.log_image(f"{stage}/examples", images=[strips.get(r["media"], r["media"]) for r in images],
+                                 step=self.global_step,
                                  caption=[f"{r['prompt'].strip()} -> {r['prediction']} (ref: {r['references'][0]})"
                                           for r in images])
 

@@ -1,0 +1,250 @@
+"""easy-instruct: an instruction set generated from easy-VQA by code, so that the whole
+instruction-tuning comparison of Garg & Bas (2023) runs offline on the embedded data.
+
+Every easy-VQA image shows one coloured shape (8 colours x 3 shapes); an image's colour and shape
+come from its questions (:func:`perceptlm.data.easyvqa.caption_of`). Task families (LLaVA JSON
+records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
+
+* ``conversation``: up to ``turns`` easy-VQA question/answer pairs of the same image chained as the
+  turns of one conversation (a seeded choice per image); scored on the last answer.
+* ``mcq``: lettered multiple choice (colour: 4 options, shape: 3, "colour shape" description: 4, with
+  seeded distractors); the answer is the letter (ScienceQA-style prompt, LLaVA-1.5 suffix).
+* ``yesno``: POPE-style probes (Li et al. 2023, "Evaluating Object Hallucination in Large
+  Vision-Language Models"), per image two present ("yes") and two absent ("no") probes, one about
+  the shape and one about the colour, so every subset is exactly 50/50. Absent ones by ``pope``:
+  ``random`` (uniform over absent shapes/colours), ``popular`` (the most frequent absent ones in the
+  split), ``adversarial`` (the absent ones co-occurring most often with the present shape/colour).
+* ``caption``: a caption instruction (seeded choice) -> "a red circle".
+* ``all``: the four families together (task ``instruct``: metrics per family).
+
+Generation is deterministic: choices are seeded by strings (split, family, image id), independent
+of the run's ``seed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from perceptlm.data.chat import IMAGE
+from perceptlm.data.collate import Sample
+from perceptlm.data.easyvqa import COLORS, SHAPES, caption_of, default_root, read_questions
+from perceptlm.data.instruction import (
+    CAPTION_INSTRUCTIONS,
+    InstructionDataModule,
+    fixed_task,
+    instruction_sample,
+    parse_llava_record,
+)
+
+FAMILIES = ("conversation", "mcq", "yesno", "caption")
+POPE_SUBSETS = ("random", "popular", "adversarial")
+MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
+LETTERS = "ABCD"
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    image_id: int
+    qas: tuple[tuple[str, str], ...]
+    color: str | None
+    shape: str | None
+
+
+def image_facts(root: Path, split: str) -> list[ImageFacts]:
+    """Per image (sorted by id): its question/answer pairs and, where they determine them, its colour and shape."""
+    return list(_image_facts(str(root), split))
+
+
+@functools.lru_cache(maxsize=4)
+def _image_facts(root: str, split: str) -> tuple[ImageFacts, ...]:
+    by_image: dict[int, list[tuple[str, str]]] = {}
+    for question, answer, image_id in read_questions(Path(root) / split / "questions.json"):
+        by_image.setdefault(image_id, []).append((question, answer))
+    facts = []
+    for image_id in sorted(by_image):
+        caption = caption_of(by_image[image_id])
+        color, shape = caption.split() if caption else (None, None)
+        facts.append(ImageFacts(image_id, tuple(by_image[image_id]), color, shape))
+    return tuple(facts)
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(":".join(["easy-instruct", *map(str, parts)]))
+
+
+def _record(record_id: str, image_id: int, turns: list[tuple[str, str]], meta: dict[str, Any],
+            options: list[str] | None = None) -> dict[str, Any]:
+    record = {"id": record_id, "image": f"{image_id}.png",
+              "conversations": [{"from": role, "value": text} for role, text in turns], "meta": meta}
+    if options is not None:
+        record["options"] = options
+    return record
+
+
+def conversation_records(facts: list[ImageFacts], split: str, turns: int = 3) -> list[dict[str, Any]]:
+    out = []
+    for fact in facts:
+        chosen = _rng("conversation", split, fact.image_id).sample(fact.qas, min(turns, len(fact.qas)))
+        conversation = []
+        for k, (question, answer) in enumerate(chosen):
+            conversation += [("human", f"{IMAGE}\n{question}" if k == 0 else question), ("gpt", answer)]
+        out.append(_record(f"{split}-conversation-{fact.image_id}", fact.image_id, conversation,
+                           {"task": "conversation", "turns": len(chosen)}))
+    return out
+
+
+def _mcq(record_id: str, fact: ImageFacts, question: str, correct: str, distractors: list[str],
+         rng: random.Random, kind: str) -> dict[str, Any]:
+    options = [correct, *distractors]
+    rng.shuffle(options)
+    answer = options.index(correct)
+    lines = "\n".join(f"{LETTERS[k]}. {option}" for k, option in enumerate(options))
+    turns = [("human", f"{IMAGE}\n{question}\n{lines}\n{MCQ_SUFFIX}"), ("gpt", LETTERS[answer])]
+    meta = {"task": "mcq", "num_options": len(options), "answer_index": answer, "group": kind}
+    return _record(record_id, fact.image_id, turns, meta, options)
+
+
+def mcq_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]:
+    out = []
+    for fact in facts:
+        if fact.color is None:
+            continue
+        color, shape, base = fact.color, fact.shape, f"{split}-mcq-{fact.image_id}"
+        rng = _rng("mcq", split, fact.image_id)
+        other_colors = [c for c in COLORS if c != color]
+        other_shapes = [s for s in SHAPES if s != shape]
+        out.append(_mcq(f"{base}-color", fact, "What color is the shape?", color, rng.sample(other_colors, 3), rng, "color"))
+        out.append(_mcq(f"{base}-shape", fact, "What shape is in the image?", shape, other_shapes, rng, "shape"))
+        c1, c2 = rng.sample(other_colors, 2)
+        s1 = rng.choice(other_shapes)
+        distractors = [f"{c1} {shape}", f"{color} {s1}", f"{c2} {rng.choice(other_shapes)}"]
+        out.append(_mcq(f"{base}-description", fact, "Which description matches the image?", f"{color} {shape}",
+                        distractors, rng, "description"))
+    return out
+
+
+def _argmax(candidates: list[str], counts: Counter) -> str:
+    """The most counted candidate; ties go to the earlier one in the fixed COLORS/SHAPES order."""
+    return max(candidates, key=lambda c: (counts[c], -candidates.index(c)))
+
+
+def absent_choices(facts: list[ImageFacts], split: str, subset: str) -> dict[int, tuple[str, str]]:
+    """Per image with known colour and shape: the (absent shape, absent colour) its negative probes
+    ask about, by POPE negative sampling ``subset``."""
+    if subset not in POPE_SUBSETS:
+        raise ValueError(f"unknown POPE subset {subset!r}; valid: {list(POPE_SUBSETS)}")
+    known = [f for f in facts if f.color is not None]
+    frequency = Counter([f.shape for f in known] + [f.color for f in known])
+    with_shape = {s: Counter(f.color for f in known if f.shape == s) for s in SHAPES}
+    with_color = {c: Counter(f.shape for f in known if f.color == c) for c in COLORS}
+    out = {}
+    for fact in known:
+        shapes = [s for s in SHAPES if s != fact.shape]
+        colors = [c for c in COLORS if c != fact.color]
+        if subset == "random":
+            rng = _rng("yesno", split, fact.image_id)
+            out[fact.image_id] = (rng.choice(shapes), rng.choice(colors))
+        elif subset == "popular":
+            out[fact.image_id] = (_argmax(shapes, frequency), _argmax(colors, frequency))
+        else:  # adversarial: co-occurring with what is present
+            out[fact.image_id] = (_argmax(shapes, with_color[fact.color]), _argmax(colors, with_shape[fact.shape]))
+    return out
+
+
+def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random") -> list[dict[str, Any]]:
+    absent = absent_choices(facts, split, subset)
+    out = []
+    for fact in facts:
+        if fact.image_id not in absent:
+            continue
+        no_shape, no_color = absent[fact.image_id]
+        probes = [("shape-yes", f"Is there a {fact.shape} in the image?", "yes"),
+                  ("shape-no", f"Is there a {no_shape} in the image?", "no"),
+                  ("color-yes", f"Is there a {fact.color} shape in the image?", "yes"),
+                  ("color-no", f"Is there a {no_color} shape in the image?", "no")]
+        for name, question, answer in probes:
+            out.append(_record(f"{split}-yesno-{subset}-{fact.image_id}-{name}", fact.image_id,
+                               [("human", f"{IMAGE}\n{question}"), ("gpt", answer)],
+                               {"task": "yesno", "group": subset}))
+    return out
+
+
+def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]:
+    out = []
+    for fact in facts:
+        if fact.color is None:
+            continue
+        instruction = _rng("caption", split, fact.image_id).choice(CAPTION_INSTRUCTIONS)
+        out.append(_record(f"{split}-caption-{fact.image_id}", fact.image_id,
+                           [("human", f"{IMAGE}\n{instruction}"), ("gpt", f"a {fact.color} {fact.shape}")],
+                           {"task": "caption"}))
+    return out
+
+
+def easy_instruct_records(facts: list[ImageFacts], split: str, family: str = "all", pope: str = "random",
+                          turns: int = 3) -> list[dict[str, Any]]:
+    """The records of ``family`` (or ``all``) for these images, in LLaVA JSON format (+ meta, options)."""
+    builders = {"conversation": lambda: conversation_records(facts, split, turns),
+                "mcq": lambda: mcq_records(facts, split),
+                "yesno": lambda: yesno_records(facts, split, pope),
+                "caption": lambda: caption_records(facts, split)}
+    if family not in (*FAMILIES, "all"):
+        raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
+    return [r for name in (FAMILIES if family == "all" else (family,)) for r in builders[name]()]
+
+
+class EasyInstructDataModule(InstructionDataModule):
+    """The easy-instruct families (module docstring) over the easy-VQA package data.
+
+    Evaluation uses a fixed set of test-split images (``test_images``; validation the first
+    ``val_images`` of the same choice, seed 0) with every record of those images, so yes/no stays
+    50/50 and all families see the same images. ``fraction``/``limit`` subsample training records.
+    """
+
+    name = "easy-instruct"
+    splits = {"train": "train", "val": "val", "test": "test", "predict": "test"}
+
+    def __init__(self, data_root: str | None = None, family: str = "all", pope: str = "random", turns: int = 3,
+                 test_images: int | None = 200, val_images: int | None = 50, task: str | None = None,
+                 max_length: int = 512, **kwargs: Any) -> None:
+        if family not in (*FAMILIES, "all"):
+            raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
+        if pope not in POPE_SUBSETS:
+            raise ValueError(f"unknown POPE subset {pope!r}; valid: {list(POPE_SUBSETS)}")
+        if turns < 1:
+            raise ValueError(f"turns={turns} must be >= 1")
+        task = fixed_task(f"{self.name} family {family!r}", task, "instruct" if family == "all" else family)
+        super().__init__(data_root=data_root, task=task, max_length=max_length, **kwargs)
+        self.family, self.pope, self.turns = family, pope, turns
+        self.test_images, self.val_images = test_images, val_images
+
+    def root(self) -> Path:
+        return Path(self.data_root) if self.data_root else default_root()
+
+    def records(self, split: str) -> list[dict[str, Any]]:
+        """LLaVA-format records of a stage's split ("val" = a subset of the test images)."""
+        root = self.root()
+        facts = image_facts(root, "train" if split == "train" else "test")
+        if split != "train":
+            limit = self.val_images if split == "val" else self.test_images
+            if limit is not None:
+                keep = set(np.random.default_rng(0).permutation(len(facts))[:limit].tolist())
+                facts = [f for k, f in enumerate(facts) if k in keep]
+        return easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns)
+
+    def load_samples(self, split: str) -> list[Sample]:
+        folder = "train" if split == "train" else "test"
+        images = self.root() / folder / "images"
+        samples = []
+        for index, record in enumerate(self.records(split)):
+            record_id, image, turns = parse_llava_record(record, index, f"easy-instruct/{folder}")
+            samples.append(instruction_sample(record_id, images / image, turns[:-1], [turns[-1][1]],
+                                              record["meta"], record.get("options")))
+        return samples

@@ -1,0 +1,354 @@
+"""Instruction data: LLaVA JSON, chat templates and label masks, easy-instruct, ScienceQA, POPE,
+Flickr30k / NoCaps with CHAIR, option likelihood, and the CLI on easy-instruct."""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from perceptlm.data import (
+    CaptionInstructDataModule,
+    EasyVQADataModule,
+    Flickr30kDataModule,
+    LLaVAInstructDataModule,
+    NoCapsDataModule,
+    POPEDataModule,
+    Sample,
+    ScienceQADataModule,
+)
+from perceptlm.data.chat import chat_template, encode, end_of_turn_ids
+from perceptlm.data.easy_instruct import easy_instruct_records, image_facts
+from perceptlm.data.easyvqa import default_root
+from perceptlm.data.instruction import CAPTION_INSTRUCTIONS, InstructionCollator, captions_to_instructions, instruction_sample
+from perceptlm.eval.likelihood import option_loglikelihood_choice
+from perceptlm.modules.evaluation import score
+from perceptlm.zoo import tiny_tokenizer
+
+BLANK = lambda image: torch.zeros(3, 8, 8)  # noqa: E731 - media preprocessing stand-in
+TURNS = [("human", "<image>\nWhat color is it?"), ("gpt", "red"), ("human", "And the shape?"), ("gpt", "a circle")]
+
+
+def _image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+
+
+def _labeled_spans(ids: torch.Tensor, labels: torch.Tensor, tokenizer) -> list[str]:
+    """Decoded runs of consecutive supervised tokens."""
+    spans, current = [], []
+    for token, label in zip(ids.tolist(), labels.tolist()):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            spans.append(tokenizer.decode(current))
+            current = []
+    if current:
+        spans.append(tokenizer.decode(current))
+    return spans
+
+
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    from transformers import AutoTokenizer
+
+    from perceptlm.zoo import _smollm2_folder
+
+    return AutoTokenizer.from_pretrained(_smollm2_folder())
+
+
+def test_llava_json_labels_only_on_assistant_turns(tmp_path):
+    records = [{"id": "000000033471", "image": "000000033471.jpg", "conversations": [
+                   {"from": "human", "value": "What colour is the bus?\n<image>"}, {"from": "gpt", "value": "White and red."},
+                   {"from": "human", "value": "Where is it?"}, {"from": "gpt", "value": "On a street."}]},
+               {"id": "000000052846", "image": "000000052846.jpg", "conversations": [
+                   {"from": "human", "value": "<image>\nWhat is the cat doing?"}, {"from": "gpt", "value": "Sleeping."}]},
+               {"id": "sharegpt-1", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}]
+    (tmp_path / "llava_instruct_150k.json").write_text(json.dumps(records))
+    for record in records[:2]:
+        _image(tmp_path / "train2017" / record["image"])
+    tokenizer = tiny_tokenizer()
+    dm = LLaVAInstructDataModule(data_root=str(tmp_path), holdout=1, template="vicuna_v1", batch_size=2)
+    dm.connect(tokenizer, BLANK)
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) == 1 and len(dm.datasets["val"]) == 1  # the text-only record is dropped
+    collate = InstructionCollator(tokenizer, "conversation", train=True, template="vicuna_v1")
+    samples = [dm.datasets["train"][0], dm.datasets["val"][0]]
+    batch = collate(samples)
+    eos = tokenizer.eos_token
+    expected = {"000000033471": [f" White and red.{eos}", f" On a street.{eos}"], "000000052846": [f" Sleeping.{eos}"]}
+    for row, sample_id in enumerate(batch["ids"]):
+        assert _labeled_spans(batch["input_ids"][row], batch["labels"][row], tokenizer) == expected[sample_id]
+        prefix = tokenizer.decode(batch["input_ids"][row, : batch["media_position"][row]])
+        text = tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
+        assert "<image>" not in text and text.startswith("A chat between a curious user")
+        if sample_id == "000000052846":  # <image> opens the human turn
+            assert prefix.endswith("USER: ") and text[len(prefix):].startswith("What is the cat doing?")
+        else:  # "What colour is the bus?\n<image>": perception goes after the question
+            assert prefix.endswith("USER: What colour is the bus?") and text[len(prefix):].startswith(" ASSISTANT:")
+    last_question = {"000000033471": "Where is it?", "000000052846": "What is the cat doing?"}
+    assert batch["instructions"] == [last_question[i] for i in batch["ids"]]
+    for row, instruction in enumerate(batch["instructions"]):
+        kept = batch["instruction_ids"][row][batch["instruction_mask"][row].bool()]
+        assert tokenizer.decode(kept) == instruction
+
+    evaluation = InstructionCollator(tokenizer, "conversation", train=False, template="vicuna_v1")(samples)
+    for row, sample_id in enumerate(evaluation["ids"]):
+        prompt = tokenizer.decode(evaluation["prompt_ids"][row][evaluation["prompt_mask"][row].bool()])
+        assert prompt.endswith("ASSISTANT:")
+        assert evaluation["references"][row] == [expected[sample_id][-1][1: -len(eos)]]
+        before = tokenizer.decode(evaluation["prompt_ids"][row, : evaluation["media_position"][row]], skip_special_tokens=True)
+        assert before.lstrip(tokenizer.pad_token).endswith("USER: " if sample_id == "000000052846" else "bus?")
+    assert (evaluation["prompt_mask"][:, -1] == 1).all()
+
+
+def test_named_templates_and_the_tokenizers_own(smol_tokenizer):
+    tiny = tiny_tokenizer()
+    v0 = encode(chat_template("llava_v0", tiny).pieces(TURNS), tiny)
+    assert _labeled_spans(torch.tensor(v0.input_ids), torch.tensor(v0.labels), tiny) == [" red###", " a circle###"]
+    assert tiny.decode(v0.input_ids).endswith("###Human: And the shape?###Assistant: a circle###")
+    plain = encode(chat_template("plain", tiny).pieces(TURNS[:2]), tiny)
+    assert tiny.decode(plain.input_ids) == f"red{tiny.eos_token}" and -100 not in plain.labels
+    with pytest.raises(ValueError, match="plain"):
+        chat_template("plain", tiny).pieces(TURNS)
+    with pytest.raises(ValueError, match="no chat_template"):
+        chat_template("tokenizer", tiny)
+    with pytest.raises(ValueError, match="valid"):
+        chat_template("chatml-ish", tiny)
+    assert chat_template("auto", tiny).name == "vicuna_v1"
+    assert end_of_turn_ids("vicuna_v1", tiny) == [tiny.eos_token_id] == end_of_turn_ids("plain", tiny)
+    assert tiny.decode(end_of_turn_ids("llava_v0", tiny)) == "###"
+
+    assert smol_tokenizer.chat_template and chat_template("auto", smol_tokenizer).name == "tokenizer"
+    assert end_of_turn_ids("auto", smol_tokenizer) == smol_tokenizer.convert_tokens_to_ids(["<|im_end|>"])
+    own = encode(chat_template("auto", smol_tokenizer).pieces(TURNS), smol_tokenizer)
+    assert _labeled_spans(torch.tensor(own.input_ids), torch.tensor(own.labels), smol_tokenizer) == \
+        ["red<|im_end|>", "a circle<|im_end|>"]
+    full = smol_tokenizer.decode(own.input_ids)
+    assert full.count("<|im_end|>") == 5  # system, 2 user, 2 assistant: only the assistant ones are supervised
+    assert smol_tokenizer.decode(own.input_ids[: own.media_position]).endswith("<|im_start|>user\n")
+    prompt = encode(chat_template("auto", smol_tokenizer).pieces(TURNS[:3]), smol_tokenizer)
+    reference = smol_tokenizer.apply_chat_template([{"role": "user", "content": "What color is it?"},
+                                                    {"role": "assistant", "content": "red"},
+                                                    {"role": "user", "content": "And the shape?"}],
+                                                   tokenize=False, add_generation_prompt=True)
+    assert smol_tokenizer.decode(prompt.input_ids) == reference
+    assert _labeled_spans(torch.tensor(prompt.input_ids), torch.tensor(prompt.labels), smol_tokenizer) == ["red<|im_end|>"]
+
+
+def test_caption_pairs_become_instruction_records():
+    samples = [Sample("img1", "a.png", "", ["a dog", "a brown dog"]), Sample("img2", "b.png", "", ["a cat"])]
+    records = captions_to_instructions(samples, seed=0)
+    assert records == captions_to_instructions(samples, seed=0)
+    assert [r.targets for r in records] == [["a dog", "a brown dog"], ["a cat"]]
+    for record in records:
+        (role, text), = record.extra["turns"]
+        assert role == "human" and text.startswith("<image>\n") and text[8:] in CAPTION_INSTRUCTIONS
+    assert len({r.prompt for s in range(6) for r in captions_to_instructions(samples, seed=s)}) > 1
+
+    source = EasyVQADataModule(task="caption", test_limit=3)
+    dm = CaptionInstructDataModule(source=source, template="vicuna_v1", eval_batch_size=3)
+    dm.connect(tiny_tokenizer(), BLANK)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert dm.task == "caption" and len(batch["ids"]) == 3 and all(len(r[0].split()) == 2 for r in batch["references"])
+    assert all(p in CAPTION_INSTRUCTIONS for p in batch["prompts"]) and batch["meta"][0]["task"] == "caption"
+
+
+def test_easy_instruct_is_deterministic_and_balanced():
+    facts = image_facts(default_root(), "test")
+    first = easy_instruct_records(facts, "test", "all", "random")
+    assert first == easy_instruct_records(image_facts(default_root(), "test"), "test", "all", "random")
+    known = sum(f.color is not None for f in facts)
+    counts = Counter(r["meta"]["task"] for r in first)
+    assert counts == {"conversation": len(facts), "mcq": 3 * known, "yesno": 4 * known, "caption": known}
+    negatives, truth = {}, {f.image_id: (f.color, f.shape) for f in facts}
+    for subset in ("random", "popular", "adversarial"):
+        probes = easy_instruct_records(facts, "test", "yesno", subset)
+        answers = Counter(r["conversations"][1]["value"] for r in probes)
+        assert answers["yes"] == answers["no"] == 2 * known
+        negatives[subset] = {r["id"].rsplit(f"{subset}-", 1)[1]: r["conversations"][0]["value"]
+                             for r in probes if r["conversations"][1]["value"] == "no"}
+        for record in probes:  # a "no" probe asks about what the image does not show
+            color, shape = truth[int(record["image"][:-4])]
+            question = record["conversations"][0]["value"]
+            present = f"a {shape} " in question or f"a {color} shape" in question
+            assert present == (record["conversations"][1]["value"] == "yes"), question
+    assert negatives["adversarial"] != negatives["random"] and negatives["popular"] != negatives["random"]
+    assert negatives["adversarial"] != negatives["popular"]
+    for record in (r for r in first if r["meta"]["task"] == "mcq"):
+        letter = record["conversations"][1]["value"]
+        option_lines = record["conversations"][0]["value"].split("\n")[2:-1]
+        assert option_lines == [f"{chr(65 + k)}. {o}" for k, o in enumerate(record["options"])]
+        assert record["meta"]["answer_index"] == ord(letter) - 65 < record["meta"]["num_options"] == len(record["options"])
+    colours = [r for r in first if r["id"].endswith("-color")]
+    assert all(r["options"][r["meta"]["answer_index"]] == truth[int(r["image"][:-4])][0] for r in colours)
+
+
+def test_pope_files_and_metrics(tmp_path):
+    lines = {"random": [(1, "yes"), (2, "no"), (3, "yes")], "popular": [(1, "no"), (2, "yes"), (3, "no")],
+             "adversarial": [(1, "yes"), (2, "no")]}
+    for subset, questions in lines.items():
+        (tmp_path / f"coco_pope_{subset}.json").write_text("\n".join(json.dumps(
+            {"question_id": q, "image": f"COCO_val2014_{q:012d}.jpg", "text": f"Is there a dog{q} in the image?",
+             "label": label}) for q, label in questions) + "\n")
+    for q in (1, 2, 3):
+        _image(tmp_path / "val2014" / f"COCO_val2014_{q:012d}.jpg")
+    dm = POPEDataModule(data_root=str(tmp_path))
+    dm.connect(tiny_tokenizer(), BLANK)
+    dm.setup("test")
+    samples = dm.datasets["test"].samples
+    assert [s.id for s in samples][:3] == ["random-1", "random-2", "random-3"] and len(samples) == 8
+    assert samples[0].prompt == "Is there a dog1 in the image?\nAnswer the question using a single word or phrase."
+    with pytest.raises(ValueError, match="evaluation benchmark"):
+        dm.load_samples("train")
+
+    # POPE's evaluate.py: the text before the first ".", commas dropped, split on " ": "no" iff a
+    # word is exactly "No", "no" or "not". TP=2 (0, 4), FN=1 (1), TN=2 (2, 3), FP=1 (5).
+    predictions = ["Yes, there is a dog.", "No.", "no", "There is not a dog", "Not sure. No", "Yes"]
+    labels = ["yes", "yes", "no", "no", "yes", "no"]
+    metrics = score("yesno", predictions, [[x] for x in labels])
+    assert metrics == pytest.approx({"accuracy": 4 / 6, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "yes_ratio": 3 / 6})
+    grouped = score("yesno", predictions, [[x] for x in labels], [{"group": "a"}] * 3 + [{"group": "b"}] * 3)
+    assert grouped["a_accuracy"] == pytest.approx(2 / 3) and grouped["b_yes_ratio"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="line 2"):
+        (tmp_path / "coco_pope_random.json").write_text('{"question_id": 1, "image": "a.jpg", "text": "q", "label": "yes"}\n'
+                                                        '{"question_id": 2, "image": "a.jpg", "text": "q", "label": "maybe"}\n')
+        dm.load_samples("test")
+
+
+def test_scienceqa_image_problems_and_letter_scoring(tmp_path):
+    problems = {"1": {"question": "Which animal is shown?", "choices": ["cat", "dog", "fish"], "answer": 1, "hint": "",
+                      "image": "image.png", "subject": "natural science", "split": "test"},
+                "2": {"question": "Which word is a noun?", "choices": ["run", "tree"], "answer": 1, "hint": "",
+                      "image": None, "subject": "language science", "split": "test"},
+                "3": {"question": "Which is a state?", "choices": ["Ohio", "Paris"], "answer": 0, "hint": "Look at the map.",
+                      "image": "image.png", "subject": "social science", "split": "test"}}
+    (tmp_path / "problems.json").write_text(json.dumps(problems))
+    (tmp_path / "pid_splits.json").write_text(json.dumps({"train": [], "val": [], "test": ["1", "2", "3"]}))
+    for pid in ("1", "3"):
+        _image(tmp_path / "images" / "test" / pid / "image.png")
+    dm = ScienceQADataModule(data_root=str(tmp_path), template="vicuna_v1", eval_batch_size=4)
+    tokenizer = tiny_tokenizer()
+    dm.connect(tokenizer, BLANK)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["ids"] == ["1", "3"] and batch["references"] == [["B"], ["A"]]  # no-image problem 2 left out
+    assert batch["prompts"][1] == ("Context: Look at the map.\nWhich is a state?\nA. Ohio\nB. Paris\n"
+                                   "Answer with the option's letter from the given choices directly.")
+    assert [[tokenizer.decode(o) for o in options] for options in batch["option_ids"]] == [[" cat", " dog", " fish"],
+                                                                                          [" Ohio", " Paris"]]
+    predictions = ["B", "The answer is A.", "(c)", "a dog", "B. dog", "I think C"]
+    references = [["B"], ["A"], ["B"], ["B"], ["B"], ["C"]]
+    meta = [{"num_options": 3}] * 5 + [{"num_options": 2}]  # "C" is not among 2 options: unparsed
+    assert score("mcq", predictions, references, meta) == pytest.approx({"accuracy": 3 / 6, "unparsed": 2 / 6})
+
+
+def test_option_likelihood_picks_the_most_likely_option():
+    class NextIsPlusOne(torch.nn.Module):
+        """Logits that favour token t+1 after token t (vocabulary 300)."""
+
+        tokenizer = list(range(300))
+
+        def forward(self, media, input_ids, attention_mask):
+            assert media.shape[0] == input_ids.shape[0]
+            logits = torch.zeros(*input_ids.shape, 300)
+            logits.scatter_(-1, ((input_ids + 1) % 300).unsqueeze(-1), 10.0)
+            return logits
+
+    prompt_ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 40]])
+    batch = {"ids": ["a", "b", "c"], "media": torch.zeros(3, 1), "prompt_ids": torch.cat([prompt_ids, prompt_ids[:1]]),
+             "prompt_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]),
+             "option_ids": [[[9], [7, 8, 9]], [[44], [41], [41, 42]], []]}
+    assert option_loglikelihood_choice(NextIsPlusOne(), batch) == [1, 1, None]
+    assert option_loglikelihood_choice(NextIsPlusOne(), batch, max_logits=1) == [1, 1, None]  # one pair per forward
+
+
+def test_flickr30k_nocaps_and_chair(tmp_path):
+    images = [{"filename": f"{i}.jpg", "imgid": i, "split": split, "sentences": [{"raw": f"A man rides horse {i}."},
+                                                                              {"raw": "A person on a horse."}]}
+              for i, split in enumerate(["train", "test", "test"])]
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": images, "dataset": "flickr30k"}))
+    for image in images:
+        _image(tmp_path / "flickr30k-images" / image["filename"])
+    dm = Flickr30kDataModule(data_root=str(tmp_path), eval_batch_size=4)
+    dm.connect(tiny_tokenizer(), BLANK)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["ids"] == ["1", "2"] and len(batch["references"][0]) == 2 and batch["meta"][0]["objects"] == []
+
+    nocaps = {"images": [{"id": k, "file_name": f"{k}.jpg", "domain": d} for k, d in enumerate(["in-domain", "out-domain"])],
+              "annotations": [{"image_id": k, "id": 10 + j, "caption": c} for k in (0, 1)
+                              for j, c in enumerate(["a dog on a couch", "a small dog sleeping"])]}
+    (tmp_path / "nocaps_val_4500_captions.json").write_text(json.dumps(nocaps))
+    samples = NoCapsDataModule(data_root=str(tmp_path)).load_samples("val")
+    assert [s.extra["meta"]["group"] for s in samples] == ["in-domain", "out-domain"] and len(samples[0].targets) == 2
+    with pytest.raises(ValueError, match="no training split"):
+        NoCapsDataModule(data_root=str(tmp_path)).load_samples("train")
+
+    # CHAIR: ground truth = objects the references mention; "dog" is hallucinated in caption 1.
+    predictions = ["two men ride a horse next to a dog", "a horse"]
+    references = [["a man rides a horse"], ["a person on a horse"]]
+    metrics = score("caption", predictions, references, [{"objects": [], "group": "x"}, {"objects": [], "group": "y"}])
+    assert metrics["chair_i"] == pytest.approx(1 / 4) and metrics["chair_s"] == pytest.approx(1 / 2)
+    assert metrics["x_chair_s"] == 1.0 and metrics["y_chair_s"] == 0.0 and "cider" in metrics and "y_cider" in metrics
+    assert score("caption", predictions, references).keys() == {"cider", "bleu4", "rouge_l"}
+
+
+def test_bad_records_name_file_and_record(tmp_path):
+    path = tmp_path / "llava_instruct_150k.json"
+    path.write_text(json.dumps([{"id": "a", "image": "a.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nq"}, {"from": "assistant", "value": "x"}]}]))
+    with pytest.raises(ValueError, match=r"llava_instruct_150k.json: record 0 \(id a\): turn 1"):
+        LLaVAInstructDataModule(data_root=str(tmp_path)).load_samples("train")
+    with pytest.raises(ValueError, match="valid"):
+        LLaVAInstructDataModule(data_root=str(tmp_path), template="nope")
+    with pytest.raises(ValueError, match="end with a human turn"):
+        instruction_sample("x", None, [("human", "q"), ("gpt", "a")], ["b"])
+
+
+def test_cli_fit_and_validate_on_easy_instruct(tmp_path):
+    from perceptlm.cli import cli
+    from perceptlm.data import EasyInstructDataModule
+
+    configs = Path(__file__).parents[1] / "experiments" / "configs"
+    args = ["--config", str(configs / "mechanisms" / "depalm-qp-l0.yaml"), "--config", str(configs / "data" / "easy_instruct.yaml"),
+            "--config", str(configs / "trainer" / "cpu.yaml"),
+            "--model.init_args.encoder", "test-tiny-vit", "--model.init_args.llm", "test-tiny-llama",
+            "--model.init_args.connector", '{"width": 64, "num_queries": 4}',
+            "--model.init_args.max_new_tokens", "3", "--model.init_args.num_beams", "1",
+            "--data.init_args.limit", "8", "--data.init_args.batch_size", "4", "--data.init_args.eval_batch_size", "16",
+            "--data.init_args.val_images", "2", "--data.init_args.system", "", "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    cli(["fit", *args, "--trainer.limit_val_batches", "0"])
+    checkpoint = glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
+    assert checkpoint and torch.load(checkpoint[0], weights_only=True)["global_step"] == 2
+    run = cli(["validate", *args, "--ckpt_path", checkpoint[0]])
+    metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
+    expected = EasyInstructDataModule(val_images=2).records("val")
+    assert metrics["val/num_samples"] == len(expected)
+    for key in ("mcq_accuracy", "yesno_accuracy", "yesno_f1", "conversation_accuracy", "caption_cider",
+                "accuracy_likelihood", "mcq_color_accuracy"):
+        assert f"val/{key}" in metrics, key
+    assert 0.0 <= metrics["val/accuracy_likelihood"] <= 1.0
+
+
+@pytest.mark.parametrize("name, cls", [("easy_instruct", "EasyInstructDataModule"), ("llava_instruct", "LLaVAInstructDataModule"),
+                                       ("scienceqa", "ScienceQADataModule"), ("pope", "POPEDataModule"),
+                                       ("llava_bench", "LLaVABenchDataModule"), ("flickr30k", "Flickr30kDataModule"),
+                                       ("nocaps", "NoCapsDataModule")])
+def test_data_configs_parse(name, cls, capsys):
+    from perceptlm.cli import cli
+
+    configs = Path(__file__).parents[1] / "experiments" / "configs"
+    with pytest.raises(SystemExit):
+        cli(["validate", "--config", str(configs / "mechanisms" / "llava.yaml"), "--config", str(configs / "data" / f"{name}.yaml"),
+             "--model.init_args.encoder", "test-tiny-vit", "--model.init_args.llm", "test-tiny-llama", "--print_config"])
+    printed = capsys.readouterr().out
+    assert f"class_path: perceptlm.data.{cls}" in printed and "preset: llava" in printed
