@@ -13,12 +13,24 @@ import warnings
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from perceptlm.callbacks import PreemptionCheckpoint
 from perceptlm.modules.interface import InterfaceModule
 
 # Frozen backbones stay in eval mode during fit by design (see InterfaceModule.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+class LoggedConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run directory and logs the whole resolved configuration (model,
+    data, trainer, seed) to every logger, so a W&B run can be filtered by dataset, fraction or seed."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        config = self.config.as_dict()
+        config.pop("config", None)  # the --config file paths; their contents are already merged
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"cli": config})
 
 
 class PerceptLMCLI(LightningCLI):
@@ -28,7 +40,11 @@ class PerceptLMCLI(LightningCLI):
                 "class_path": "perceptlm.loggers.AutoWandbLogger",
                 "init_args": {"project": "perceptlm", "save_dir": "runs"},
             },
+            # checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one
+            "trainer.plugins": {"class_path": "perceptlm.checkpointing.AtomicCheckpointIO"},
         })
+        # SIGTERM during fit: last.ckpt at the end of the step, exit code 75 (resume with --ckpt_path last)
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
 
     def before_instantiate_classes(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,7 +53,10 @@ class PerceptLMCLI(LightningCLI):
         super().instantiate_classes()
         datamodule, model = self.datamodule, self.model
         if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media)
+            datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media,
+                               num_frames=getattr(model.encoder, "num_frames", None))
+            if getattr(datamodule, "feature_cache", None):
+                datamodule.attach_encoder(model.encoder)
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
@@ -47,6 +66,7 @@ def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        save_config_callback=LoggedConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -89,7 +109,7 @@ def main(args: list[str] | None = None) -> None:
         options = parser.parse_args(args[1:])
         print(presets_table(options.encoder, options.llm))
         return
-    cli(args)
+    cli(None if args == sys.argv[1:] else args)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":  # pragma: no cover

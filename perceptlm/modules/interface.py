@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,12 +19,12 @@ from perceptlm.injection import INJECTIONS
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
 from perceptlm.modules.evaluation import EvaluationMixin
+from perceptlm.modules.persistence import FROZEN_COMPONENTS, PersistenceMixin
+from perceptlm.modules.stages import initialise_from, stage_recipe
 from perceptlm.tuning import PromptTokens, apply_llm_tuning
 
-FROZEN_COMPONENTS = ("encoder", "llm")
 
-
-class InterfaceModule(EvaluationMixin, LightningModule):
+class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
     """One interface mechanism between a frozen perceptual encoder and a frozen LLM.
 
     ``preset`` names the mechanism (:func:`perceptlm.presets.names`); ``features``, ``connector``,
@@ -40,6 +38,9 @@ class InterfaceModule(EvaluationMixin, LightningModule):
     than ``max_skipped_fraction`` of them is an error. Optimisation follows DePALM: AdamW (lr 8e-4, weight decay 0.1,
     eps 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``, then
     cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002; loss on answer tokens + EOS.
+    Two-stage systems: ``stage`` ("align" | "instruct") applies the preset's recipe (``llm_tuning``
+    and ``freeze_connector`` override it) and ``init_from`` (a checkpoint or ``save_pretrained``
+    folder) copies an earlier stage's weights.
     """
 
     def __init__(
@@ -66,6 +67,9 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         eval_blind: bool = False,
         nonfinite_loss: str = "stop",
         max_skipped_fraction: float = 0.01,
+        stage: str | None = None,
+        init_from: str | None = None,
+        freeze_connector: bool | None = None,
     ) -> None:
         super().__init__()
         from perceptlm import zoo
@@ -73,10 +77,11 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.save_hyperparameters(ignore=[] if isinstance(encoder, str) and isinstance(llm, str) else ["encoder", "llm"])
         self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
         self.llm_name = llm if isinstance(llm, str) else llm.name
+        recipe = stage_recipe(presets.get(preset), stage)
         self.preset = presets.get(preset).with_overrides(
             features=features, connector=connector, injection=injection, injection_options=injection_options,
             prompt_tokens=prompt_tokens,
-            llm_tuning=llm_tuning,
+            llm_tuning=llm_tuning or recipe.get("llm_tuning"),
         )
         if isinstance(encoder, PerceptualEncoder):  # the preset's selection, on the caller's weights
             self.encoder = encoder.with_selection(**self.preset.features)
@@ -92,6 +97,12 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.injection.install(self.llm)
         apply_llm_tuning(self.llm, self.preset.llm_tuning, **(llm_tuning_options or {}))
         self.prompt = PromptTokens(self.preset.prompt_tokens, self.llm.hidden_size) if self.preset.prompt_tokens else None
+        self.frozen_connector = bool(recipe.get("freeze_connector", False) if freeze_connector is None else freeze_connector)
+        if self.frozen_connector:
+            self.connector.requires_grad_(False)
+        if init_from:
+            copied = initialise_from(self, init_from, self.trainable_keys())
+            print(f"{len(copied)} tensors initialised from {init_from}")
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r} is unknown; valid: 'stop', 'skip'")
         self._seen: dict[str, list[int]] = {}
@@ -99,6 +110,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         self.train_seconds = 0.0
         self.train_samples = 0
         self._clock: float | None = None
+        self._step_clock: float | None = None
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -107,19 +119,25 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     @property
     def num_visual_tokens(self) -> int:
-        """Perceptual tokens the LLM receives at evaluation (R-rand keeps fewer in training)."""
+        """Perceptual tokens the LLM receives at evaluation (R-rand keeps fewer in training); per
+        target layer for inner injection."""
         enc = self.encoder
+        if getattr(self.injection, "num_prompts", 0):  # LLaMA-Adapter: the prompts carry the features
+            return self.injection.num_prompts
+        layers = 1 if self.injection.per_encoder_layer else enc.num_selected_layers  # per injected layer
         return self.connector.num_output_tokens(
-            enc.num_tokens * enc.num_selected_layers,
+            enc.num_tokens * layers,
             grid=None if enc.token_selection == "cls" else enc.grid,
             has_cls=enc.has_cls and enc.token_selection != "patches",
-            num_layers=enc.num_selected_layers,
+            num_layers=layers,
         )
 
     def train(self, mode: bool = True) -> "InterfaceModule":
         super().train(mode)
         self.encoder.train(mode)  # both stay in eval unless trainable
         self.llm.train(mode)
+        if self.frozen_connector:  # a later stage's fixed connector: no dropout either
+            self.connector.eval()
         return self
 
     def trainable_keys(self) -> set[str]:
@@ -145,25 +163,43 @@ class InterfaceModule(EvaluationMixin, LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "connect") and not datamodule.connected:
-            datamodule.connect(self.tokenizer, self.encoder.preprocess, self.encoder.stack_media)
+            datamodule.connect(self.tokenizer, self.encoder.preprocess, self.encoder.stack_media,
+                               num_frames=getattr(self.encoder, "num_frames", None))
+        if getattr(datamodule, "feature_cache", None) and getattr(datamodule, "encoder", None) is None:
+            datamodule.attach_encoder(self.encoder)  # the feature cache is keyed and built with it
 
     # -- computation -------------------------------------------------------------------------------
-    def perceive(self, media: Any, blind: bool = False) -> Tensor:
+    def perceive(self, media: Any, blind: bool = False, instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Media -> LLM-width perceptual tokens ``[B, K, H]``.
 
         ``blind=True`` is the "blind" baseline: the same model with the perceptual tokens (the
         encoder's outputs) zeroed, so the LLM still receives the connector's summary tokens, but
         they carry no information about the media (the encoder does not run). ``media`` may also be
-        precomputed :class:`PerceptualFeatures` (the feature cache): the encoder does not run then."""
+        precomputed :class:`PerceptualFeatures` (the feature cache): the encoder does not run then.
+        ``instruction``: ``(token ids, mask)`` of the instruction text, read by instruction-aware
+        connectors (InstructBLIP) and ignored by the others."""
         if blind:
             if isinstance(media, PerceptualFeatures):
                 batch = media.tokens.shape[0]
             else:
                 batch = len(media["input_features"]) if isinstance(media, dict) else len(media)
-            return self.connector(self.encoder.blank(batch, like=next(self.connector.parameters())))
-        if isinstance(media, PerceptualFeatures):
-            return self.connector(media)
-        return self.connector(self.encoder(media))
+            return self.map(self.encoder.blank(batch, like=next(self.connector.parameters())), instruction)
+        return self.map(media if isinstance(media, PerceptualFeatures) else self.encoder(media), instruction)
+
+    def map(self, features: PerceptualFeatures, instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The connector on ``features``: ``[B, K, H]``, or ``[B, layers, K, H]`` with each encoder
+        layer mapped separately (one shared mapper pass per encoder layer) when the injection
+        wants per-layer tokens."""
+        if getattr(self.connector, "instruction_aware", False) and instruction is not None:
+            ids, mask = instruction
+            return self.connector(features, instruction=(self.llm.embed(ids), mask))
+        if not self.injection.per_encoder_layer:
+            return self.connector(features)
+        tokens, layers = features.tokens, features.num_layers
+        folded = PerceptualFeatures(tokens.reshape(-1, 1, *tokens.shape[2:]), features.mask.repeat_interleave(layers, 0),
+                                    features.cls_index, features.grid)
+        mapped = self.connector(folded)
+        return mapped.view(tokens.shape[0], layers, *mapped.shape[1:])
 
     def prefix(self, visual: Tensor) -> Tensor:
         """Everything placed before the text: prompt tokens, then L0 perceptual tokens."""
@@ -183,17 +219,19 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
         return torch.cat([prefix, text], dim=1), mask, prefix.shape[1]
 
-    def _hidden(self, media: Any, input_ids: Tensor, attention_mask: Tensor, blind: bool = False) -> tuple[Tensor, int]:
+    def _hidden(self, media: Any, input_ids: Tensor, attention_mask: Tensor, blind: bool = False,
+                instruction: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, int]:
         """Final LLM hidden states over ``[prefix; text]`` and the prefix length."""
-        visual = self.perceive(media, blind)
+        visual = self.perceive(media, blind, instruction)
         embeds, mask, offset = self._inputs(visual, input_ids, attention_mask)
         with self.injection.context(visual):
             hidden, _ = self.llm.hidden(embeds, mask)
         return hidden, offset
 
-    def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Logits ``[B, T, V]`` over the text positions."""
-        hidden, offset = self._hidden(media, input_ids, attention_mask)
+    def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor,
+                instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` over the text positions (``instruction``: see :meth:`perceive`)."""
+        hidden, offset = self._hidden(media, input_ids, attention_mask, instruction=instruction)
         return self.llm.logits(hidden[:, offset:])
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
@@ -201,7 +239,9 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
         The last prefix position predicts the first text token, so an empty prompt still trains
         the first target token."""
-        hidden, offset = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"])
+        prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)  # the instruction: unsupervised text
+        hidden, offset = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
+                                      instruction=(batch["input_ids"], prompt))
         labels = batch["labels"]
         if offset > 0:
             predictors = hidden[:, offset - 1 : -1]
@@ -224,7 +264,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
         """New token ids ``[B, <=max_new_tokens]`` after left-padded prompts (EOS, then padding)."""
         max_new_tokens = self.hparams.max_new_tokens if max_new_tokens is None else max_new_tokens
         num_beams = num_beams or self.hparams.num_beams
-        visual = self.perceive(media, blind)
+        visual = self.perceive(media, blind, instruction=(input_ids, attention_mask))  # the prompt instructs
         embeds, mask, _ = self._inputs(visual, input_ids, attention_mask)
         eos, pad = self.llm.eos_token_id, self.tokenizer.pad_token_id
         with self.injection.context(visual):
@@ -237,7 +277,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     # -- training ----------------------------------------------------------------------------------
     def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
-        skipped, seen = batch["skipped"], self._seen[stage]
+        skipped, seen = batch["skipped"], self._seen.get(stage, [0, 0])  # a resumed epoch skips on_*_epoch_start
         for sample_id, reason in skipped[: max(0, 3 - seen[0])]:  # the first few by name; the count is logged
             print(f"skipped {stage} sample {sample_id}: {reason}")
         self._seen[stage] = [seen[0] + len(skipped), seen[1] + len(skipped) + len(batch["ids"])]
@@ -273,7 +313,37 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             return None  # Lightning skips the optimizer step
         self.train_samples += batch_size * self.trainer.world_size
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self._log_throughput(batch)
         return loss
+
+    def _log_throughput(self, batch: dict[str, Any]) -> None:
+        """``train/samples_per_second`` and ``train/tokens_per_second`` (prefix + real text tokens
+        through the LLM; this rank's batch times the world size) over the wall time since the
+        previous step, and the learning rate ``train/lr``."""
+        now = time.perf_counter()
+        previous, self._step_clock = self._step_clock, now
+        if previous is None:
+            return
+        seconds, world = now - previous, self.trainer.world_size
+        prefix = self.preset.prompt_tokens + (self.num_visual_tokens if self.preset.injection == "prefix" else 0)
+        tokens = float(batch["attention_mask"].sum()) + prefix * batch["input_ids"].shape[0]
+        self.log_dict({"train/samples_per_second": batch["input_ids"].shape[0] * world / seconds,
+                       "train/tokens_per_second": tokens * world / seconds,
+                       "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
+                      batch_size=batch["input_ids"].shape[0])
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as configured; under FSDP through the wrapped module's own ``clip_grad_norm_`` (the
+        gradients are sharded), which Lightning's FSDP precision plugin leaves to the module."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if isinstance(self.trainer.strategy, FSDPStrategy) and gradient_clip_val:
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"FSDP clips by norm only; got gradient_clip_algorithm={gradient_clip_algorithm!r}")
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
@@ -316,6 +386,7 @@ class InterfaceModule(EvaluationMixin, LightningModule):
 
     def on_train_start(self) -> None:
         self._clock = time.perf_counter()
+        self._step_clock = None
 
     def on_train_end(self) -> None:
         self._stop_clock()
@@ -325,77 +396,3 @@ class InterfaceModule(EvaluationMixin, LightningModule):
             now = time.perf_counter()
             self.train_seconds += now - self._clock
             self._clock = now
-
-    # -- export: safetensors + JSON, trainable weights only -------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` (trainable weights only) and ``perceptlm.json`` (preset,
-        backbone zoo names, every constructor argument) to ``directory``."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        keep = self.trainable_keys()
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items() if k in keep}
-        save_file(state, str(directory / "model.safetensors"))
-        arguments = {k: v for k, v in dict(self.hparams).items() if k not in ("encoder", "llm")}
-        config = {"format": "perceptlm", "version": 1, "class": type(self).__name__,
-                  "encoder": self.encoder_name, "llm": self.llm_name, "arguments": arguments,
-                  "train_seconds": self.train_seconds, "train_samples": self.train_samples}
-        (directory / "perceptlm.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-        return directory
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | Path, encoder: str | PerceptualEncoder | None = None,
-        llm: str | LanguageModel | None = None, **overrides: Any,
-    ) -> "InterfaceModule":
-        """Rebuild a module saved by :meth:`save_pretrained`; backbones come from the zoo (or are
-        passed in) and the trainable weights from safetensors (no pickle, no code execution)."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        path = directory / "perceptlm.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not a perceptlm export (save_pretrained writes it)")
-        config = json.loads(path.read_text())
-        if config.get("format") != "perceptlm":
-            raise ValueError(f"{path}: not a perceptlm export (format={config.get('format')!r})")
-        arguments = {**config["arguments"], **overrides}
-        module = cls(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
-        state = load_file(str(directory / "model.safetensors"))
-        missing = module.trainable_keys() - set(state)
-        unexpected = set(state) - module.trainable_keys()
-        if missing or unexpected:
-            raise KeyError(f"{directory}: weights do not match the module: missing {sorted(missing)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
-        module.load_state_dict(state, strict=False)
-        module.train_seconds = float(config.get("train_seconds", 0.0))
-        module.train_samples = int(config.get("train_samples", 0))
-        return module.eval()
-
-    # -- checkpoints: trainable weights only ---------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._stop_clock()
-        keep = self.trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["perceptlm"] = {
-            "train_seconds": self.train_seconds,
-            "train_samples": self.train_samples,
-            "torch_rng_state": torch.get_rng_state(),  # dropout masks continue exactly on resume
-            "preset": self.preset.name,
-            "encoder": self.encoder_name,
-            "llm": self.llm_name,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = self.trainable_keys() - set(checkpoint["state_dict"])
-        if missing:
-            raise KeyError(f"checkpoint lacks trainable weights {sorted(missing)[:5]} (and {max(0, len(missing) - 5)} more)")
-        unexpected = [k for k in checkpoint["state_dict"] if k.split(".")[0] in FROZEN_COMPONENTS and k not in self.trainable_keys()]
-        if unexpected:
-            raise KeyError(f"checkpoint holds frozen-backbone weights {unexpected[:5]}: not a perceptlm checkpoint")
-        state = checkpoint.get("perceptlm", {})
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.train_samples = int(state.get("train_samples", 0))
-        if "torch_rng_state" in state and self._trainer is not None and self._trainer.state.fn == "fit":
-            torch.set_rng_state(state["torch_rng_state"])

@@ -1,0 +1,143 @@
+"""The instruction-tuning comparison of Garg & Bas 2023 (*On the Performance of Multimodal Language
+Models*) under controlled conditions: the five systems with the same packaged backbones
+(EfficientNet-Lite0 + SmolLM2-135M-Instruct), the same embedded data (easy-instruct) and the same
+budget, each trained in its two stages (``align`` on captions, then ``instruct`` on every task
+family), plus the study's ablations, 3 seeds each.
+
+    python experiments/paper/instruction/grid.py write            # commands.txt (one line per run)
+    python experiments/paper/instruction/grid.py run --system S [--variant V] --seed N [--dry-run]
+    perceptlm report runs/instruction                              # the table (one column per metric)
+
+A run is three commands: ``fit`` (align), ``fit`` (instruct, ``init_from`` the align checkpoint),
+``test`` (with the blind baseline: perception zeroed). Sizes are CPU-scale (``SCALE``): the Q-Formers
+are 256 wide with 2 layers and 8 queries, and every system reads the encoder's last layer
+(EfficientNet-Lite0 has one readable layer; the papers read the ViT's penultimate one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONFIGS = "experiments/configs"
+RUNS = "runs/instruction"
+SEEDS = (0, 1, 2)
+SYSTEMS = ("blip2", "instructblip", "llava", "minigpt4", "mplug-owl")
+QFORMER = json.dumps({"width": 256, "num_layers": 2, "num_heads": 4, "num_queries": 8})
+SCALE = {"blip2": QFORMER, "instructblip": QFORMER, "minigpt4": QFORMER, "mplug-owl": QFORMER}
+ALIGN_STEPS, INSTRUCT_STEPS, BATCH = 60, 120, 8
+
+# The study's ablations, on LLaVA (Garg & Bas §3): stage-2 LLM tuning, instruction data amount,
+# alignment data amount, and the head (projector) trained or frozen in stage 2. The instruction-aware
+# head on/off is InstructBLIP vs BLIP-2. Each variant: (stage-2 arguments, stage-1 arguments).
+VARIANTS: dict[str, tuple[list[str], list[str]]] = {
+    "default": ([], []),
+    "llm-frozen": (["--model.init_args.llm_tuning", "frozen"], []),
+    "llm-lora": (["--model.init_args.llm_tuning", "lora"], []),
+    "instruct-10pct": (["--data.init_args.fraction", "0.1"], []),
+    "instruct-50pct": (["--data.init_args.fraction", "0.5"], []),
+    "align-10pct": ([], ["--data.init_args.fraction", "0.1"]),
+    "head-frozen": (["--model.init_args.freeze_connector", "true"], []),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    system: str
+    variant: str
+    seed: int
+
+    @property
+    def run_dir(self) -> str:
+        return f"{RUNS}/{self.system}-{self.variant}/seed{self.seed}"
+
+
+def cells() -> list[Cell]:
+    """The five systems (default recipe), then LLaVA's ablations; 3 seeds each."""
+    systems = [Cell(s, "default", seed) for s in SYSTEMS for seed in SEEDS]
+    ablations = [Cell("llava", v, seed) for v in VARIANTS if v != "default" for seed in SEEDS]
+    return systems + ablations
+
+
+def _model(cell: Cell, stage: str) -> list[str]:
+    args = ["--config", f"{CONFIGS}/mechanisms/{cell.system}.yaml", "--config", f"{CONFIGS}/data/easy_instruct.yaml",
+            "--config", f"{CONFIGS}/trainer/cpu.yaml",
+            "--model.init_args.encoder", "efficientnet-lite0", "--model.init_args.llm", "smollm2-135m-instruct",
+            "--model.init_args.features", '{"layers": 1}', "--model.init_args.stage", stage,
+            "--model.init_args.max_new_tokens", "12", "--model.init_args.num_beams", "1",
+            "--data.init_args.batch_size", str(BATCH), "--data.init_args.test_images", "25",
+            "--data.init_args.seed", str(cell.seed), "--seed_everything", str(cell.seed),
+            "--trainer.logger.init_args.project", "perceptlm-instruction",
+            "--trainer.logger.init_args.group", f"{cell.system}-{cell.variant}"]
+    if cell.system in SCALE:
+        args += ["--model.init_args.connector", SCALE[cell.system]]
+    return args
+
+
+def stage_commands(cell: Cell) -> list[list[str]]:
+    """align fit, instruct fit (from the align checkpoint), instruct test with the blind baseline."""
+    instruct_extra, align_extra = VARIANTS[cell.variant]
+    align_dir, instruct_dir = f"{cell.run_dir}/align", cell.run_dir
+    align = ["fit", *_model(cell, "align"), "--data.init_args.family", "caption", *align_extra,
+             "--trainer.max_steps", str(ALIGN_STEPS), "--trainer.limit_val_batches", "0",
+             "--trainer.default_root_dir", align_dir, "--trainer.logger.init_args.save_dir", align_dir]
+    if cell.system == "minigpt4":  # MiniGPT-4 keeps BLIP-2's aligned Q-Former frozen
+        connector = {**json.loads(SCALE["minigpt4"]),
+                     "init_from": f"{RUNS}/blip2-default/seed{cell.seed}/align/checkpoints/last.ckpt"}
+        align += ["--model.init_args.connector", json.dumps(connector)]
+    checkpoint = f"{align_dir}/checkpoints/last.ckpt"
+    common = [*_model(cell, "instruct"), *instruct_extra, "--trainer.default_root_dir", instruct_dir,
+              "--trainer.logger.init_args.save_dir", instruct_dir]
+    instruct = ["fit", *common, "--model.init_args.init_from", checkpoint,
+                "--trainer.max_steps", str(INSTRUCT_STEPS), "--trainer.limit_val_batches", "0"]
+    test = ["test", *common, "--model.init_args.eval_blind", "true",
+            "--ckpt_path", f"{instruct_dir}/checkpoints/last.ckpt"]
+    return [align, instruct, test]
+
+
+def command_line(cell: Cell) -> str:
+    return " && ".join(shlex.join(["perceptlm", *args]) for args in stage_commands(cell))
+
+
+def write(out: Path) -> Path:
+    path = out / "commands.txt"
+    header = ("# Garg & Bas 2023 comparison on the embedded set: one line per run (align, instruct, test), from the\n"
+              "# repository root. Generated by experiments/paper/instruction/grid.py write; do not edit by hand.\n")
+    path.write_text(header + "".join(command_line(c) + "\n" for c in cells()))
+    return path
+
+
+def run(cell: Cell, dry_run: bool = False) -> int:
+    for args in stage_commands(cell):
+        print(shlex.join(["perceptlm", *args]), flush=True)
+        if not dry_run:
+            code = subprocess.call([sys.executable, "-m", "perceptlm.cli", *args])
+            if code:
+                return code
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("write").add_argument("--out", type=Path, default=HERE)
+    one = sub.add_parser("run")
+    one.add_argument("--system", choices=SYSTEMS, required=True)
+    one.add_argument("--variant", choices=list(VARIANTS), default="default")
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--dry-run", action="store_true")
+    options = parser.parse_args(argv)
+    if options.command == "write":
+        print(write(options.out))
+        return 0
+    return run(Cell(options.system, options.variant, options.seed), options.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
