@@ -17,9 +17,16 @@ from perceptlm.data import EasyVQADataModule
 EPOCHS = 6
 
 
+def _is_tensor(obj: object) -> bool:
+    try:
+        return isinstance(obj, torch.Tensor)
+    except ReferenceError:  # a weakref.proxy whose object is gone (left by earlier tests)
+        return False
+
+
 def _live_tensors() -> int:
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+    return sum(1 for obj in gc.get_objects() if _is_tensor(obj))
 
 
 class MemoryProbe(Callback):
