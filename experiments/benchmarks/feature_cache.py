@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per arm")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 avoids OpenMP spinning on a busy machine)")
     parser.add_argument("--cache-dir", default=None, help="cache root (default: a temporary folder, removed)")
     parser.add_argument("--output", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perceptlm import presets, zoo
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_average = os.getloadavg()
     encoder, llm = zoo.load_encoder(args.encoder), zoo.load_llm(args.llm)
     module = presets.build(args.preset, encoder, llm, features=json.loads(args.features) or None,
