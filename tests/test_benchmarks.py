@@ -90,7 +90,8 @@ def test_memory_runs_each_preset_in_a_fresh_process(tmp_path):
 
 def test_gpu_script_on_cpu_with_a_tiny_config(tmp_path):
     output = tmp_path / "gpu.json"
-    result = _script("gpu").main(["--tiny", "--steps", "2", "--batch-size", "2", "--output", str(output)])
+    result = _script("gpu").main(["--tiny", "--steps", "2", "--batch-size", "2", "--device", "cpu",
+                                        "--output", str(output)])
     written = json.loads(output.read_text())
     assert written == json.loads(json.dumps(result, default=str))
     assert len(written["step_seconds"]) == 2 and written["median_step_seconds"] > 0

@@ -188,3 +188,21 @@ def test_save_and_load_pretrained_generate_the_same(tmp_path, tiny_encoder, tiny
     assert torch.equal(before, after)
     with pytest.raises(FileNotFoundError, match="not a perceptlm export"):
         InterfaceModule.from_pretrained(tmp_path)
+
+
+def test_compiled_llm_layers_give_the_eager_loss_and_gradients(tiny_encoder, tiny_llm):
+    eager = _module(tiny_encoder, tiny_llm)
+    compiled = presets.build("depalm-qp-l0", tiny_encoder, copy.deepcopy(tiny_llm), compile_llm=True)
+    compiled.load_state_dict(eager.state_dict())
+    assert all(layer._compiled_call_impl is not None for layer in compiled.llm.layers)
+    assert not any(getattr(layer, "_compiled_call_impl", None) for layer in tiny_llm.layers)  # the caller's copy
+    batch = _batch(eager, PROMPTS, ANSWERS)
+    losses, grads = [], []
+    for module in (eager, compiled):
+        module.eval().zero_grad()  # eval: no dropout in the connector, so both see the same function
+        loss = module.loss(batch)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in module.connector.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="frozen LLM weights and autocast")
     parser.add_argument("--profile", action="store_true", help="record the top operators of one step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each LLM decoder layer (regional)")
     args = parser.parse_args(argv)
     steps = args.steps
     common.configure(args)
@@ -107,8 +108,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     connector_flops = flops.counted_flops(connector_pass)
     module.zero_grad(set_to_none=True)
-    counted = flops.counted_flops(step)  # also the first warm-up step
-    for _ in range(max(0, args.warmup - 1)):
+    counted = flops.counted_flops(step)  # eager, also the first warm-up step
+    if args.compile:  # after counting: compiled kernels bypass the flop counter; compiles in the next warm-up step
+        llm.compile_layers()
+    for _ in range(max(1 if args.compile else 0, args.warmup - 1)):
         step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"preset": args.preset, "llm": llm.name, "llm_shape": dims, "dtype": args.dtype,
                    "encoder": encoder.name, "features": [encoder.num_raw_tokens, encoder.embed_dim],
                    "batch_size": args.batch_size, "text_length": args.text_length, "answer_length": args.answer_length,
-                   "llm_sequence": sequence, "timed_steps": args.repeats, "warmup_steps": max(1, args.warmup)},
+                   "llm_sequence": sequence, "compiled_layers": args.compile, "timed_steps": args.repeats, "warmup_steps": max(1, args.warmup)},
         "step_seconds": timing["step"]["seconds"],
         "median_step_seconds": seconds,
         "tokens_per_second": round(args.batch_size * sequence / seconds, 2),

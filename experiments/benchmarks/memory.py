@@ -71,7 +71,9 @@ class PeakRSS:
 
     def __exit__(self, *exc: Any) -> None:
         if self.method.startswith("VmHWM"):
-            self.peak = _status("VmHWM")
+            # The kernel updates its mark lazily (not on every page freed with madvise), so it can
+            # read below the resident size seen at the start.
+            self.peak = max(_status("VmHWM"), self.start)
         else:
             self._stop.set()
             self._thread.join()

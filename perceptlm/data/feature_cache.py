@@ -27,7 +27,8 @@ Files are checked against their stamps when a dataset is set up, not on every re
 
 A cache is valid only when the media are deterministic: an encoder with ``random_augmentation`` or a
 data stage with random frame sampling is refused (:func:`check_cacheable`). Features are computed at
-the encoder's parameter precision, outside any autocast, and read back in the dtype the encoder gave.
+the encoder's parameter precision, outside any autocast, and read back in the dtype the encoder gave;
+they equal live features to float rounding (CPU kernels differ slightly with the batch size).
 """
 
 from __future__ import annotations
