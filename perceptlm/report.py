@@ -1,9 +1,15 @@
-"""Aggregate ``results.json`` files into the papers' comparison table.
+"""Aggregate ``results.json`` files into the papers' comparison tables.
 
-One row per mechanism (preset), one column per benchmark (dataset, plus fraction when below 1):
-mean and standard deviation over seeds. DePALM's Score is the mean over benchmarks of
-``value / best value in that column * 100``; rows are ranked by it. Also reported: trainable
+DePALM's table: one row per mechanism (preset), one column per benchmark (dataset, plus fraction
+when below 1): mean and standard deviation over seeds. DePALM's Score is the mean over benchmarks
+of ``value / best value in that column * 100``; rows are ranked by it. Also reported: trainable
 parameters and train time. Written as Markdown and CSV, and as a PNG of quality against train time.
+
+The instruction comparison (Garg & Bas; results of the ``instruct`` task, chosen automatically when
+every result is one): one table per task family, one row per configuration (the folder above the
+seed folders), the family's metrics and the blind baseline's (perception zeroed) with the gap in
+points; hallucination (yes/no F1 and yes-ratio, CHAIR-i/-s) has its own columns. Written as
+Markdown and CSV, and as a PNG of each configuration's gap over blind per family.
 
     perceptlm report RUNS_DIR [--metric accuracy] [--out report]
 """
@@ -127,13 +133,132 @@ def write_report(table: dict[str, Any], out: str | Path) -> list[Path]:
     return paths
 
 
+# Per family: (column title, results key); the first is the family's headline metric, compared with
+# the blind baseline's ``blind_`` twin. Values are on a 0-100 scale (CIDEr x 100, as papers print it).
+FAMILIES: dict[str, list[tuple[str, str]]] = {
+    "conversation": [("accuracy", "conversation_accuracy"), ("ROUGE-L", "conversation_rouge_l")],
+    "mcq": [("accuracy (letter)", "mcq_accuracy"), ("accuracy (likelihood)", "accuracy_likelihood"),
+            ("unparsed", "mcq_unparsed")],
+    "yesno": [("accuracy", "yesno_accuracy"), ("F1", "yesno_f1"), ("yes-ratio", "yesno_yes_ratio")],
+    "caption": [("CIDEr", "caption_cider"), ("CHAIR-i", "caption_chair_i"), ("CHAIR-s", "caption_chair_s")],
+}
+
+
+def configuration_of(record: dict[str, Any]) -> str:
+    """A run's configuration: the folder above its ``seed*`` folder (else the preset)."""
+    path = Path(record["_path"]).parent
+    if path.name.startswith("seed") and path.parent.name:
+        return path.parent.name
+    return str(record.get("preset"))
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def aggregate_instruction(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per family: rows of (configuration, metrics, blind headline, gap), each (mean, std, n) over seeds."""
+    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in results:
+        runs[configuration_of(record)].append(record)
+    tables = {}
+    for family, columns in FAMILIES.items():
+        headline = columns[0][1]
+        rows = []
+        for name, records in sorted(runs.items()):
+            with_family = [r for r in records if r.get(headline) is not None]
+            if not with_family:
+                continue
+            cells = {}
+            for title, key in columns:
+                values = [100 * float(r[key]) for r in with_family if r.get(key) is not None]
+                values = [v for v in values if v == v]  # CHAIR is nan without any mention
+                cells[title] = _stats(values) if values else None
+            blind = [100 * float(r["blind_" + headline]) for r in with_family if r.get("blind_" + headline) is not None]
+            gaps = [100 * (float(r[headline]) - float(r["blind_" + headline])) for r in with_family
+                    if r.get("blind_" + headline) is not None]
+            cells["blind"] = _stats(blind) if blind else None
+            cells["gap"] = _stats(gaps) if gaps else None
+            rows.append({"configuration": name, "cells": cells})
+        if rows:
+            tables[family] = {"columns": [t for t, _ in columns] + ["blind", "gap"], "rows": rows}
+    return {"families": tables}
+
+
+def _cell(value: tuple[float, float, int] | None) -> str:
+    if value is None:
+        return "—"
+    mean, std, n = value
+    return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f} (n={n})"
+
+
+def instruction_markdown(report: dict[str, Any]) -> str:
+    lines = []
+    for family, table in report["families"].items():
+        lines += [f"### {family}", "", "| configuration | " + " | ".join(table["columns"]) + " |",
+                  "|" + "---|" * (len(table["columns"]) + 1)]
+        for row in table["rows"]:
+            lines.append(f"| {row['configuration']} | " + " | ".join(_cell(row["cells"][c]) for c in table["columns"]) + " |")
+        lines.append("")
+    lines.append("Values x 100 (CIDEr x 100); blind = the family's first metric with perception zeroed; gap = "
+                 "that metric minus blind, in points; mean ± std over seeds when n > 1.")
+    return "\n".join(lines) + "\n"
+
+
+def write_instruction_report(report: dict[str, Any], out: str | Path) -> list[Path]:
+    """``out.md``, ``out.csv`` (one line per family x configuration x column) and ``out.png``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_suffix(".png")]
+    paths[0].write_text(instruction_markdown(report))
+    with open(paths[1], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["family", "configuration", "column", "mean", "std", "n"])
+        for family, table in report["families"].items():
+            for row in table["rows"]:
+                for column in table["columns"]:
+                    value = row["cells"][column]
+                    writer.writerow([family, row["configuration"], column, *(value if value else ("", "", ""))])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = list(report["families"])
+    configurations = sorted({r["configuration"] for t in report["families"].values() for r in t["rows"]})
+    figure, axis = plt.subplots(figsize=(1.6 * len(families) + 3, 4))
+    width = 0.8 / max(1, len(configurations))
+    for k, name in enumerate(configurations):
+        gaps = []
+        for family in families:
+            row = next((r for r in report["families"][family]["rows"] if r["configuration"] == name), None)
+            gaps.append(row["cells"]["gap"][0] if row and row["cells"]["gap"] else float("nan"))
+        axis.bar([f + k * width for f in range(len(families))], gaps, width, label=name)
+    axis.axhline(20, color="gray", linestyle="--", linewidth=1)
+    axis.set_xticks([f + width * (len(configurations) - 1) / 2 for f in range(len(families))], families)
+    axis.set_ylabel("points over blind")
+    axis.set_title("what perception adds, per task family")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(paths[2], dpi=120)
+    plt.close(figure)
+    return paths
+
+
 def main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="perceptlm report", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", help="folder searched for results.json files")
     parser.add_argument("--metric", action="append", help="metric key(s) to read, in order of preference")
     parser.add_argument("--out", default="report", help="output path without suffix")
     options = parser.parse_args(args)
-    table = aggregate(load_results(options.runs), tuple(options.metric or DEFAULT_METRICS))
+    results = load_results(options.runs)
+    if all(r.get("task") == "instruct" for r in results) and not options.metric:
+        report = aggregate_instruction(results)
+        paths = write_instruction_report(report, options.out)
+        print(instruction_markdown(report))
+        print("written: " + ", ".join(str(p) for p in paths))
+        return
+    table = aggregate(results, tuple(options.metric or DEFAULT_METRICS))
     paths = write_report(table, options.out)
     print(to_markdown(table))
     print("written: " + ", ".join(str(p) for p in paths))

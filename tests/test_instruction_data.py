@@ -352,3 +352,15 @@ def test_data_configs_parse(name, cls, capsys):
              "--model.init_args.encoder", "test-tiny-vit", "--model.init_args.llm", "test-tiny-llama", "--print_config"])
     printed = capsys.readouterr().out
     assert f"class_path: perceptlm.data.{cls}" in printed and "preset: llava" in printed
+
+
+def test_chair_over_the_easy_vqa_shapes():
+    from perceptlm.eval.scoring import score_instruction
+
+    meta = [{"task": "caption", "objects": ["circle"], "vocabulary": "easy-vqa"}] * 3
+    metrics = score_instruction("caption", ["a red triangle", "a blue circle", "two circles and a rectangle"],
+                                [["a red circle"], ["a blue circle"], ["a gray circle"]], meta)
+    assert metrics["chair_i"] == pytest.approx(2 / 4)  # triangle, circle, circle, rectangle: 2 not in the image
+    assert metrics["chair_s"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="one object vocabulary"):
+        score_instruction("caption", ["a", "b"], [["a"], ["b"]], [meta[0], {"objects": ["dog"]}])

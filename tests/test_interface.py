@@ -206,3 +206,28 @@ def test_compiled_llm_layers_give_the_eager_loss_and_gradients(tiny_encoder, tin
         grads.append(torch.cat([p.grad.flatten() for p in module.connector.parameters() if p.grad is not None]))
     torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_generation_stops_at_an_end_of_turn_token_besides_eos(tiny_encoder, tiny_llm):
+    module = _module(tiny_encoder, tiny_llm).eval()
+    batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
+    free = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6, num_beams=1)
+    assert free.shape[1] == 6 and module.llm.eos_token_id not in free[0, :3].tolist()
+    module.stop_token_ids = [module.llm.eos_token_id, int(free[0, 2])]  # e.g. <|eot_id|> of a chat template
+    stopped = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6, num_beams=1)
+    assert stopped[0].tolist() == free[0, :3].tolist()
+    assert module._decode(free) == [module.tokenizer.decode(free[0, :2], skip_special_tokens=True).strip()]
+
+
+def test_instruction_data_reports_its_single_token_end_of_turn(smollm2, tiny_llm):
+    from perceptlm.data import EasyInstructDataModule
+
+    def stops(tokenizer, template):
+        data = EasyInstructDataModule(template=template)
+        data.connect(tokenizer, None)
+        return data.stop_token_ids()
+
+    assert stops(smollm2.tokenizer, "auto") == smollm2.tokenizer.convert_tokens_to_ids(["<|im_end|>"])
+    assert smollm2.tokenizer.decode(stops(smollm2.tokenizer, "llava_v0")) == "###"  # one token in SmolLM2
+    assert stops(tiny_llm.tokenizer, "llava_v0") == []  # several tokens: stop_strings end it
+    assert stops(tiny_llm.tokenizer, "vicuna_v1") == [tiny_llm.tokenizer.eos_token_id]

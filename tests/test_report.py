@@ -50,3 +50,37 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "x" / "results.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"x/results.json: invalid JSON"):
         load_results(tmp_path)
+
+
+def _write_instruct(root, configuration, seed, **metrics):
+    path = root / configuration / f"seed{seed}" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"task": "instruct", "preset": configuration.split("-")[0], "seed": seed, **metrics}))
+
+
+def test_instruction_report_per_family_with_blind_gap_and_hallucination(tmp_path, capsys):
+    from perceptlm.report import aggregate_instruction
+
+    runs = tmp_path / "runs"
+    for seed, (mcq, blind_mcq) in enumerate([(0.9, 0.3), (0.8, 0.4)]):
+        _write_instruct(runs, "llava-default", seed, mcq_accuracy=mcq, blind_mcq_accuracy=blind_mcq,
+                        accuracy_likelihood=0.95, yesno_accuracy=0.7, blind_yesno_accuracy=0.5, yesno_f1=0.6,
+                        yesno_yes_ratio=0.3, caption_cider=2.5, blind_caption_cider=0.4,
+                        caption_chair_i=float("nan") if seed else 0.1, caption_chair_s=0.2)
+    _write_instruct(runs, "blip2-default", 0, mcq_accuracy=0.5, blind_mcq_accuracy=0.45)
+    report = aggregate_instruction(load_results(runs))
+    assert set(report["families"]) == {"mcq", "yesno", "caption"}  # no conversation results
+    mcq = {r["configuration"]: r["cells"] for r in report["families"]["mcq"]["rows"]}
+    assert mcq["llava-default"]["accuracy (letter)"] == pytest.approx((85.0, 7.0710678, 2))
+    assert mcq["llava-default"]["gap"][0] == pytest.approx(50.0)  # (60 + 40) / 2
+    assert mcq["blip2-default"]["gap"] == pytest.approx((5.0, 0.0, 1))
+    caption = report["families"]["caption"]["rows"][0]["cells"]
+    assert caption["CHAIR-i"] == pytest.approx((10.0, 0.0, 1))  # the nan of seed 1 (no mention) is left out
+    assert caption["gap"][0] == pytest.approx(210.0)  # CIDEr x 100
+    main([str(runs), "--out", str(tmp_path / "out" / "instruction")])
+    text = (tmp_path / "out" / "instruction.md").read_text()
+    assert "### yesno" in text and "| llava-default | 70.0 ± 0.0 (n=2) | 60.0 ± 0.0 (n=2) |" in text
+    assert (tmp_path / "out" / "instruction.png").stat().st_size > 0
+    lines = [line.split(",") for line in (tmp_path / "out" / "instruction.csv").read_text().splitlines()]
+    gap = next(line for line in lines if line[:3] == ["mcq", "blip2-default", "gap"])
+    assert float(gap[3]) == pytest.approx(5.0) and gap[5] == "1"

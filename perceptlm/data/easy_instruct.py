@@ -14,7 +14,7 @@ records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
   the shape and one about the colour, so every subset is exactly 50/50. Absent ones by ``pope``:
   ``random`` (uniform over absent shapes/colours), ``popular`` (the most frequent absent ones in the
   split), ``adversarial`` (the absent ones co-occurring most often with the present shape/colour).
-* ``caption``: a caption instruction (seeded choice) -> "a red circle".
+* ``caption``: a caption instruction (seeded choice) -> "a red circle"; CHAIR over the shapes.
 * ``all``: the four families together (task ``instruct``: metrics per family).
 
 Generation is deterministic: choices are seeded by strings (split, family, image id), independent
@@ -184,7 +184,7 @@ def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]
         instruction = _rng("caption", split, fact.image_id).choice(CAPTION_INSTRUCTIONS)
         out.append(_record(f"{split}-caption-{fact.image_id}", fact.image_id,
                            [("human", f"{IMAGE}\n{instruction}"), ("gpt", f"a {fact.color} {fact.shape}")],
-                           {"task": "caption"}))
+                           {"task": "caption", "objects": [fact.shape], "vocabulary": "easy-vqa"}))
     return out
 
 

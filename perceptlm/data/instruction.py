@@ -29,7 +29,7 @@ import torch
 
 from perceptlm.data.annotations import ImageTextDataModule
 from perceptlm.data.base import PerceptionDataModule
-from perceptlm.data.chat import GPT, HUMAN, IMAGE, NAMED_TEMPLATES, chat_template, encode
+from perceptlm.data.chat import GPT, HUMAN, IMAGE, NAMED_TEMPLATES, chat_template, encode, end_of_turn_ids
 from perceptlm.data.collate import Collator, Sample, _pad
 
 TEMPLATE_NAMES = ("auto", "tokenizer", *NAMED_TEMPLATES)
@@ -196,6 +196,13 @@ class InstructionDataModule(ImageTextDataModule):
         super().__init__(data_root=data_root, task=task, template=template, max_length=max_length, **kwargs)
         self.system = system
         self.option_likelihood = option_likelihood
+
+    def stop_token_ids(self) -> list[int]:
+        """The token that ends an assistant turn in this template (``<|im_end|>``, ``<|eot_id|>``,
+        EOS, ...) when it is a single token, for generation to stop at besides the LLM's EOS; a
+        multi-token end (llava_v0's "###") is left to ``stop_strings``. Needs :meth:`connect`."""
+        ids = end_of_turn_ids(self.template, self.tokenizer, self.system)
+        return ids if len(ids) == 1 else []
 
     def _collator(self, train: bool) -> InstructionCollator:
         base = super()._collator(train)  # the media batching the base chose (feature cache included)

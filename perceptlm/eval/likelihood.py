@@ -1,7 +1,8 @@
 """Multiple choice by option likelihood (Garg & Bas 2023: multiple-choice questions "scored by option
 likelihood or by a generated letter"): the chosen option is the one whose answer tokens have the
 highest total log-likelihood under the model, given the same prompt (image included) the
-generation sees. Uses only the module's public ``forward(media, input_ids, attention_mask)``.
+generation sees. Uses only the module's public ``forward(media, input_ids, attention_mask)`` (and its
+``media_position`` keyword when the batch has one).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: i
         tail, tail_mask = tail.to(device), tail_mask.to(device)
         ids = torch.cat([prompt_ids[rows.to(device)], tail], dim=1)
         mask = torch.cat([prompt_mask[rows.to(device)], tail_mask], dim=1)
-        logits = model(take_media(batch["media"], rows), ids, mask)
+        where = {}  # the prefix at the prompt's media position, as in generation
+        if batch.get("media_position") is not None:
+            where["media_position"] = batch["media_position"][rows.to(batch["media_position"].device)]
+        logits = model(take_media(batch["media"], rows), ids, mask, **where)
         # position t predicts token t+1: the option's tokens are predicted from prompt_width - 1 on
         predicted = logits[:, prompt_width - 1 : prompt_width - 1 + width].float().log_softmax(-1)
         token_scores = predicted.gather(-1, tail.unsqueeze(-1)).squeeze(-1) * tail_mask

@@ -9,7 +9,8 @@ per-sample ``meta`` the datamodules attach.
   precision, recall, F1, yes-ratio.
 * ``conversation``: normalised exact match with any reference (official VQA normalisation) and ROUGE-L.
 * ``caption``: CIDEr-D, BLEU-4, ROUGE-L; CHAIR-i/-s when ``meta`` has ``objects`` (the ground-truth
-  COCO objects of the image, to which the objects its references mention are added, as CHAIR does).
+  objects of the image, to which the objects its references mention are added, as CHAIR does), in
+  the vocabulary ``meta["vocabulary"]`` (:func:`object_vocabulary`; COCO's by default).
 * ``llava_bench``: the LLM judge (:mod:`perceptlm.eval.judge`), ``relative_{category}``.
 * ``instruct``: each sample scored by its ``meta["task"]``, keys prefixed by that task.
 
@@ -54,15 +55,31 @@ def _conversation(predictions: Sequence[str], references: Sequence[list[str]], m
     return {"accuracy": sum(hits) / len(hits), "rouge_l": float(M.rouge_l(list(predictions), [list(r) for r in references]))}
 
 
+def object_vocabulary(name: str) -> dict[str, tuple[str, ...]]:
+    """CHAIR's object vocabulary ``name`` -> synonyms: ``coco`` (the 80 categories, CHAIR's own list)
+    or ``easy-vqa`` (its three shapes; colours are attributes, not objects)."""
+    if name == "coco":
+        from perceptlm.metrics.coco_objects import coco_synonyms
+
+        return coco_synonyms()
+    if name == "easy-vqa":
+        from perceptlm.data.easyvqa import SHAPES
+
+        return {shape: (shape, f"{shape}s") for shape in SHAPES}
+    raise ValueError(f"unknown object vocabulary {name!r}; valid: 'coco', 'easy-vqa'")
+
+
 def _caption(predictions: Sequence[str], references: Sequence[list[str]], meta: Sequence[dict[str, Any]]) -> dict[str, float]:
-    from perceptlm.metrics.coco_objects import coco_synonyms
     from perceptlm.metrics.functional import chair, extract_objects
     from perceptlm.modules.evaluation import score
 
     metrics = score("caption", list(predictions), [list(r) for r in references])
     with_objects = [k for k, info in enumerate(meta) if "objects" in info]
     if with_objects:
-        synonyms = coco_synonyms()
+        vocabularies = {meta[k].get("vocabulary", "coco") for k in with_objects}
+        if len(vocabularies) > 1:
+            raise ValueError(f"captions scored together use one object vocabulary; got {sorted(vocabularies)}")
+        synonyms = object_vocabulary(vocabularies.pop())
         truth = [set(meta[k]["objects"]) | {o for ref in references[k] for o in extract_objects(ref, synonyms)}
                  for k in with_objects]
         result = chair([predictions[k] for k in with_objects], truth, synonyms)

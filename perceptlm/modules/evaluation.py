@@ -64,6 +64,8 @@ class EvaluationMixin:
     """validation/test/predict steps for :class:`InterfaceModule`."""
 
     def _decode(self, ids: torch.Tensor) -> list[str]:
+        ended = torch.isin(ids, torch.tensor(self.stop_token_ids, device=ids.device)).cumsum(1) > 0
+        ids = ids.masked_fill(ended, self.tokenizer.pad_token_id)  # the end-of-turn token and after
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [truncate_at_stop(t, self.hparams.stop_strings).strip() for t in texts]
 
@@ -73,8 +75,9 @@ class EvaluationMixin:
         if not batch["ids"]:
             return
         args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
-        predictions = self._decode(self.generate(*args))
-        blind = self._decode(self.generate(*args, blind=True)) if self.hparams.eval_blind else None
+        where = {"media_position": batch.get("media_position")}
+        predictions = self._decode(self.generate(*args, **where))
+        blind = self._decode(self.generate(*args, blind=True, **where)) if self.hparams.eval_blind else None
         choices = None
         if "option_ids" in batch:  # multiple choice: also pick the most likely option
             from perceptlm.eval.likelihood import option_loglikelihood_choice
@@ -179,7 +182,8 @@ class EvaluationMixin:
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         if not batch["ids"]:
             return []
-        predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"]))
+        predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"],
+                                                 media_position=batch.get("media_position")))
         return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch["ids"], batch["prompts"], predictions)]
 
     def config_hash(self) -> str:

@@ -110,6 +110,8 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r} is unknown; valid: 'stop', 'skip'")
         self._seen: dict[str, list[int]] = {}
+        # generation ends at any of these: EOS, and a chat template's end-of-turn token (set in setup)
+        self.stop_token_ids: list[int] = [self.llm.eos_token_id]
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.train_seconds = 0.0
         self.train_samples = 0
@@ -169,6 +171,8 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         if datamodule is not None and hasattr(datamodule, "connect") and not datamodule.connected:
             datamodule.connect(self.tokenizer, self.encoder.preprocess, self.encoder.stack_media,
                                num_frames=getattr(self.encoder, "num_frames", None))
+        if hasattr(datamodule, "stop_token_ids"):  # a chat template's end of turn, where it is not EOS
+            self.stop_token_ids = sorted({self.llm.eos_token_id, *datamodule.stop_token_ids()})
         if getattr(datamodule, "feature_cache", None) and getattr(datamodule, "encoder", None) is None:
             datamodule.attach_encoder(self.encoder)  # the feature cache is keyed and built with it
 
@@ -206,7 +210,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         return mapped.view(tokens.shape[0], layers, *mapped.shape[1:])
 
     def prefix(self, visual: Tensor) -> Tensor:
-        """Everything placed before the text: prompt tokens, then L0 perceptual tokens."""
+        """Everything placed at the media position: prompt tokens, then L0 perceptual tokens."""
         parts = []
         if self.prompt is not None:
             parts.append(self.prompt(visual.shape[0]).to(visual.dtype))
@@ -217,43 +221,69 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
             return visual.new_zeros(visual.shape[0], 0, self.llm.hidden_size)
         return torch.cat(parts, dim=1)
 
-    def _inputs(self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, int]:
+    def _inputs(self, visual: Tensor, input_ids: Tensor, attention_mask: Tensor,
+                media_position: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | int]:
+        """The LLM's input embeddings and mask, and where the text went: the prefix length ``K``
+        when the prefix comes first, else the index of each text token ``[B, T]``.
+
+        ``media_position`` ``[B]``: per row, the text token index before which the prefix goes
+        (LLaVA's ``<image>`` placeholder; 0 = before all text, as without it)."""
         prefix = self.prefix(visual)
         text = self.llm.embed(input_ids).to(prefix.dtype)
-        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
-        return torch.cat([prefix, text], dim=1), mask, prefix.shape[1]
+        batch, k = prefix.shape[:2]
+        if media_position is None or k == 0 or not bool(media_position.any()):
+            mask = torch.cat([attention_mask.new_ones(batch, k), attention_mask], dim=1)
+            return torch.cat([prefix, text], dim=1), mask, k
+        steps = torch.arange(input_ids.shape[1], device=input_ids.device)
+        position = media_position.to(input_ids.device).clamp(0, input_ids.shape[1])[:, None]
+        text_index = steps + k * (steps >= position)  # [B, T]
+        prefix_index = position + torch.arange(k, device=input_ids.device)  # [B, K]
+        width = k + input_ids.shape[1]
+        hidden = prefix.shape[-1]
+        embeds = text.new_zeros(batch, width, hidden)
+        embeds = embeds.scatter(1, text_index[..., None].expand(-1, -1, hidden), text)
+        embeds = embeds.scatter(1, prefix_index[..., None].expand(-1, -1, hidden), prefix)
+        mask = attention_mask.new_ones(batch, width).scatter(1, text_index, attention_mask)
+        return embeds, mask, text_index
 
     def _hidden(self, media: Any, input_ids: Tensor, attention_mask: Tensor, blind: bool = False,
-                instruction: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, int]:
-        """Final LLM hidden states over ``[prefix; text]`` and the prefix length."""
+                instruction: tuple[Tensor, Tensor] | None = None,
+                media_position: Tensor | None = None) -> tuple[Tensor, Tensor | int]:
+        """Final LLM hidden states over prefix and text, and where the text is (see :meth:`_inputs`)."""
         visual = self.perceive(media, blind, instruction)
-        embeds, mask, offset = self._inputs(visual, input_ids, attention_mask)
+        embeds, mask, text_index = self._inputs(visual, input_ids, attention_mask, media_position)
         with self.injection.context(visual):
             hidden, _ = self.llm.hidden(embeds, mask)
-        return hidden, offset
+        return hidden, text_index
 
     def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor,
-                instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Logits ``[B, T, V]`` over the text positions (``instruction``: see :meth:`perceive`)."""
-        hidden, offset = self._hidden(media, input_ids, attention_mask, instruction=instruction)
-        return self.llm.logits(hidden[:, offset:])
+                instruction: tuple[Tensor, Tensor] | None = None, media_position: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` over the text positions (``instruction``: see :meth:`perceive`;
+        ``media_position``: see :meth:`_inputs`)."""
+        hidden, text_index = self._hidden(media, input_ids, attention_mask, instruction=instruction,
+                                          media_position=media_position)
+        if isinstance(text_index, int):
+            return self.llm.logits(hidden[:, text_index:])
+        return self.llm.logits(hidden.gather(1, text_index[..., None].expand(-1, -1, hidden.shape[-1])))
 
     def loss(self, batch: dict[str, Any]) -> Tensor:
         """Cross-entropy on supervised tokens only; the LM head runs on those positions alone.
 
-        The last prefix position predicts the first text token, so an empty prompt still trains
-        the first target token."""
+        Each text token is predicted from the position before it: the prefix's last position
+        predicts the text token that follows the prefix, so an empty prompt still trains the first
+        target token (a first text token with nothing before it is not predicted)."""
         prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)  # the instruction: unsupervised text
-        hidden, offset = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
-                                      instruction=(batch["input_ids"], prompt))
+        hidden, text_index = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
+                                          instruction=(batch["input_ids"], prompt),
+                                          media_position=batch.get("media_position"))
         labels = batch["labels"]
-        if offset > 0:
-            predictors = hidden[:, offset - 1 : -1]
-        else:
-            predictors, labels = hidden[:, :-1], labels[:, 1:]
-        supervised = labels != -100
-        logits = self.llm.logits(predictors[supervised])
-        return F.cross_entropy(logits.float(), labels[supervised], label_smoothing=self.hparams.label_smoothing)
+        if isinstance(text_index, int):
+            text_index = torch.arange(labels.shape[1], device=labels.device).expand_as(labels) + text_index
+        predictor = text_index - 1
+        supervised = (labels != -100) & (predictor >= 0)
+        rows, columns = supervised.nonzero(as_tuple=True)
+        logits = self.llm.logits(hidden[rows, predictor[rows, columns]])
+        return F.cross_entropy(logits.float(), labels[rows, columns], label_smoothing=self.hparams.label_smoothing)
 
     @torch.no_grad()
     def generate(
@@ -264,13 +294,15 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
         blind: bool = False,
+        media_position: Tensor | None = None,
     ) -> Tensor:
-        """New token ids ``[B, <=max_new_tokens]`` after left-padded prompts (EOS, then padding)."""
+        """New token ids ``[B, <=max_new_tokens]`` after left-padded prompts (EOS, then padding);
+        ``media_position``: see :meth:`_inputs` (an index into the left-padded prompt)."""
         max_new_tokens = self.hparams.max_new_tokens if max_new_tokens is None else max_new_tokens
         num_beams = num_beams or self.hparams.num_beams
         visual = self.perceive(media, blind, instruction=(input_ids, attention_mask))  # the prompt instructs
-        embeds, mask, _ = self._inputs(visual, input_ids, attention_mask)
-        eos, pad = self.llm.eos_token_id, self.tokenizer.pad_token_id
+        embeds, mask, _ = self._inputs(visual, input_ids, attention_mask, media_position)
+        eos, pad = self.stop_token_ids, self.tokenizer.pad_token_id
         with self.injection.context(visual):
             if num_beams == 1:
                 stops = self.hparams.stop_strings

@@ -80,13 +80,21 @@ def _model(cell: Cell, stage: str) -> list[str]:
     return args
 
 
+def _last_checkpoint(run_dir: str) -> list[str]:
+    """A ModelCheckpoint writing ``<run_dir>/checkpoints/last.ckpt`` at the end of training."""
+    return ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.dirpath", f"{run_dir}/checkpoints",
+            "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0"]
+
+
 def stage_commands(cell: Cell) -> list[list[str]]:
     """align fit, instruct fit (from the align checkpoint), instruct test with the blind baseline."""
     instruct_extra, align_extra = VARIANTS[cell.variant]
     align_dir, instruct_dir = f"{cell.run_dir}/align", cell.run_dir
     align = ["fit", *_model(cell, "align"), "--data.init_args.family", "caption", *align_extra,
              "--trainer.max_steps", str(ALIGN_STEPS), "--trainer.limit_val_batches", "0",
-             "--trainer.default_root_dir", align_dir, "--trainer.logger.init_args.save_dir", align_dir]
+             "--trainer.default_root_dir", align_dir, "--trainer.logger.init_args.save_dir", align_dir,
+             *_last_checkpoint(align_dir)]
     if cell.system == "minigpt4":  # MiniGPT-4 keeps BLIP-2's aligned Q-Former frozen
         connector = {**json.loads(SCALE["minigpt4"]),
                      "init_from": f"{RUNS}/blip2-default/seed{cell.seed}/align/checkpoints/last.ckpt"}
@@ -95,7 +103,8 @@ def stage_commands(cell: Cell) -> list[list[str]]:
     common = [*_model(cell, "instruct"), *instruct_extra, "--trainer.default_root_dir", instruct_dir,
               "--trainer.logger.init_args.save_dir", instruct_dir]
     instruct = ["fit", *common, "--model.init_args.init_from", checkpoint,
-                "--trainer.max_steps", str(INSTRUCT_STEPS), "--trainer.limit_val_batches", "0"]
+                "--trainer.max_steps", str(INSTRUCT_STEPS), "--trainer.limit_val_batches", "0",
+                *_last_checkpoint(instruct_dir)]
     test = ["test", *common, "--model.init_args.eval_blind", "true",
             "--ckpt_path", f"{instruct_dir}/checkpoints/last.ckpt"]
     return [align, instruct, test]
