@@ -120,3 +120,14 @@ def test_flop_formula_counts_the_llm_matrices():
     assert flops.llm_matmul_parameters(**llama_7b) == 6_476_005_376  # LLaMA-7B without embeddings and norms
     assert flops.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and flops.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert flops.peak_tflops("NVIDIA H100 PCIe") == 756.0 and flops.peak_tflops("Some Other Accelerator") is None
+
+
+def test_gpu_script_times_a_second_preset_alternately(tmp_path):
+    result = _script("gpu").main(["--tiny", "--steps", "2", "--batch-size", "2", "--device", "cpu", "--compare",
+                                  "limber-all", "--output", str(tmp_path / "gpu.json")])
+    comparison = result["comparison"]
+    assert comparison["preset"] == "limber-all" and len(comparison["step_seconds"]) == 2
+    assert comparison["time_ratio_to_reference"] == pytest.approx(
+        comparison["median_step_seconds"] / result["median_step_seconds"], rel=1e-3)
+    # LiMBeR-all feeds every feature token (17 in the tiny geometry) to the LLM
+    assert comparison["llm_sequence"] == 17 + 24

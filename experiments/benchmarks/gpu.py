@@ -16,7 +16,12 @@ is the whole step counted by the flop counter, as a cross-check (on CPU some att
 not counted). ``--tiny`` swaps in a 64-wide, 2-layer Llama and a 64-wide feature geometry so the
 script runs on a CPU (no MFU: no peak is known).
 
+``--compile`` compiles each LLM decoder layer (``LanguageModel.compile_layers``) after the eager
+step that the flop counter counts. ``--compare PRESET`` times a second preset on the same LLM,
+alternating with the first (B1's LiMBeR-all / QP,L0 ratio at 7B scale).
+
     python experiments/benchmarks/gpu.py                     # one GPU
+    python experiments/benchmarks/gpu.py --compile --compare limber-all --batch-size 32
     python experiments/benchmarks/gpu.py --tiny --steps 2    # CPU check
 """
 
@@ -59,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tiny", action="store_true", help="tiny LLM and features (runs on a CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (alias of --repeats)")
     parser.add_argument("--preset", default="depalm-qp-l0")
+    parser.add_argument("--compare", default=None, help="a second preset timed alternately on the same LLM "
+                        "(e.g. limber-all: B1's ratio at 7B scale)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--text-length", type=int, default=24)
     parser.add_argument("--answer-length", type=int, default=8)
@@ -83,41 +90,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sync = common.synchronizer(device)
     llm = build_llm(args.tiny, device, dtype)
     encoder = workloads.feature_encoder(smoke=args.tiny)  # meta: never runs, never moves
-    module = presets.build(args.preset, encoder, llm).train()
-    for name, child in module.named_children():
-        if name != "encoder":
-            child.to(device)
-    batch = workloads.training_batch(module, args.batch_size, args.text_length, args.answer_length, args.seed,
-                                     device=device)
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext)
-    optimizer = workloads.optimizer(module)
-    params = workloads.trainable(module)
 
-    def step() -> None:
-        with autocast:
-            loss = module.loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.8)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def prepare(name: str) -> tuple[Any, Any, int]:
+        """A preset on the shared LLM, its training step and its connector's counted FLOPs."""
+        torch.manual_seed(args.seed)
+        module = presets.build(name, encoder, llm).train()
+        for child_name, child in module.named_children():
+            if child_name != "encoder":
+                child.to(device)
+        batch = workloads.training_batch(module, args.batch_size, args.text_length, args.answer_length, args.seed,
+                                         device=device)
+        optimizer = workloads.optimizer(module)
+        params = workloads.trainable(module)
 
-    def connector_pass() -> None:
-        with autocast:
-            out = module.connector(batch["media"])
-        out.float().pow(2).mean().backward()
+        def step() -> None:
+            with autocast:
+                loss = module.loss(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 0.8)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
-    connector_flops = flops.counted_flops(connector_pass)
-    module.zero_grad(set_to_none=True)
+        def connector_pass() -> None:
+            with autocast:
+                out = module.connector(batch["media"])
+            out.float().pow(2).mean().backward()
+
+        connector_flops = flops.counted_flops(connector_pass)
+        module.zero_grad(set_to_none=True)
+        return module, step, connector_flops
+
+    module, step, connector_flops = prepare(args.preset)
+    arms = {args.preset: step}
+    if args.compare:
+        other, other_step, other_connector_flops = prepare(args.compare)
+        arms[args.compare] = other_step
     counted = flops.counted_flops(step)  # eager, also the first warm-up step
-    if args.compile:  # after counting: compiled kernels bypass the flop counter; compiles in the next warm-up step
+    if args.compare:
+        flops.counted_flops(other_step)  # its first warm-up step too
+    if args.compile:  # after counting: compiled kernels bypass the flop counter; compiles in the next warm-up steps
         llm.compile_layers()
-    for _ in range(max(1 if args.compile else 0, args.warmup - 1)):
-        step()
+    for _ in range(max(2 if args.compile else 0, args.warmup - 1)):  # two: a second shape recompiles once
+        for arm in arms.values():
+            arm()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    timing = common.interleaved({"step": step}, args.repeats, warmup=0, sync=sync)
+    timing = common.interleaved(arms, args.repeats, warmup=0, sync=sync)
     profile = common.top_ops(step, sync=sync) if args.profile else []
-    seconds = timing["step"]["median"]
+    seconds = timing[args.preset]["median"]
     prefix = module.preset.prompt_tokens + (module.num_visual_tokens if module.preset.injection == "prefix" else 0)
     sequence = prefix + args.text_length
     dims = flops.llm_dimensions(llm.config)
@@ -134,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "encoder": encoder.name, "features": [encoder.num_raw_tokens, encoder.embed_dim],
                    "batch_size": args.batch_size, "text_length": args.text_length, "answer_length": args.answer_length,
                    "llm_sequence": sequence, "compiled_layers": args.compile, "timed_steps": args.repeats, "warmup_steps": max(1, args.warmup)},
-        "step_seconds": timing["step"]["seconds"],
+        "step_seconds": timing[args.preset]["seconds"],
         "median_step_seconds": seconds,
         "tokens_per_second": round(args.batch_size * sequence / seconds, 2),
         "samples_per_second": round(args.batch_size / seconds, 3),
@@ -147,10 +168,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": {"mfu": ">= 0.40", "met": None if mfu is None else mfu >= 0.40},
         "top_ops": profile,
     }
+    if args.compare:
+        sequence_other = other.preset.prompt_tokens + (other.num_visual_tokens if other.preset.injection == "prefix" else 0)
+        sequence_other += args.text_length
+        other_flops = flops.frozen_llm_flops(dims, args.batch_size, sequence_other, args.answer_length)["total"]
+        other_flops += other_connector_flops
+        result["comparison"] = {  # measured alternately with the reference in this run (B1 at 7B scale)
+            "preset": args.compare, "llm_sequence": sequence_other, "step_seconds": timing[args.compare]["seconds"],
+            "median_step_seconds": timing[args.compare]["median"],
+            "time_ratio_to_reference": round(timing[args.compare]["median"] / seconds, 4),
+            "flops_per_step": other_flops, "flops_ratio_to_reference": round(other_flops / total, 4)}
     common.write("gpu" + ("_tiny" if args.tiny else ""), result, args.output)
     print(f"median step {seconds:.4f} s, {result['tokens_per_second']} tokens/s, {achieved:.3f} TFLOPS"
           + (f", MFU {mfu:.1%} of {peak} TFLOPS" if mfu is not None else " (no peak known for this device)"),
           file=sys.stderr)
+    if args.compare:
+        comparison = result["comparison"]
+        print(f"{args.compare} / {args.preset}: {comparison['time_ratio_to_reference']}x time, "
+              f"{comparison['flops_ratio_to_reference']}x FLOPs", file=sys.stderr)
     return result
 
 
