@@ -22,6 +22,11 @@ from perceptlm.modules.interface import InterfaceModule
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
+# What a run chooses for itself even when the model is rebuilt from a checkpoint's hyper-parameters
+RUN_OPTIONS = ("eval_blind", "max_new_tokens", "num_beams", "stop_strings", "compile_llm", "nonfinite_loss",
+               "max_skipped_fraction")
+
+
 class LoggedConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the run directory and logs the whole resolved configuration (model,
     data, trainer, seed) to every logger, so a W&B run can be filtered by dataset, fraction or seed."""
@@ -45,6 +50,23 @@ class PerceptLMCLI(LightningCLI):
         })
         # SIGTERM during fit: last.ckpt at the end of the step, exit code 75 (resume with --ckpt_path last)
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
+
+    def _parse_ckpt_path(self) -> None:
+        """With ``--ckpt_path``, Lightning rebuilds the model from the checkpoint's hyper-parameters,
+        over whatever the command gave. The model's structure should come from there; the run's own
+        evaluation and runtime options (:data:`RUN_OPTIONS`) are kept from the command, and
+        ``init_from`` is dropped (the checkpoint holds the weights it would copy)."""
+        subcommand = self.config.get("subcommand")
+        given = self.config[subcommand].get("model") if subcommand else None
+        keep = {k: given.init_args[k] for k in RUN_OPTIONS
+                if given is not None and "init_args" in given and k in given.init_args}
+        super()._parse_ckpt_path()
+        if keep:
+            model = self.config[subcommand].model
+            for key, value in keep.items():
+                model.init_args[key] = value
+            if "init_from" in model.init_args:
+                model.init_args["init_from"] = None
 
     def before_instantiate_classes(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

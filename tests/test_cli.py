@@ -87,3 +87,19 @@ def test_presets_command_prints_every_preset(capsys):
     for name in presets.names():
         assert f"| {name} |" in table
     assert "| depalm-qp-l0 | 60,864 | 32 |" in table  # tiny backbones: see tests/test_interface.py
+
+
+def test_a_checkpoint_path_keeps_the_commands_evaluation_options(tmp_path):
+    """Lightning rebuilds the model from the checkpoint's hyper-parameters; eval_blind and decoding
+    options still come from the command, and init_from is not re-read."""
+    run_dir = tmp_path / "run"
+    cli(["fit", *_args(run_dir), "--model.init_args.eval_blind", "false", "--model.init_args.max_new_tokens", "7"])
+    checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
+    built = cli(["test", *_args(run_dir), "--model.init_args.connector", '{"width": 32, "num_queries": 2}',
+                 "--model.init_args.eval_blind", "true", "--model.init_args.max_new_tokens", "3",
+                 "--model.init_args.init_from", checkpoint, "--ckpt_path", checkpoint])
+    model = built.model
+    assert model.hparams.eval_blind is True and model.hparams.max_new_tokens == 3
+    assert "blind_accuracy" in json.loads((run_dir / "results.json").read_text())
+    assert model.hparams.init_from is None
+    assert model.hparams.connector == {"width": 64, "num_queries": 4}  # the structure: the checkpoint's
