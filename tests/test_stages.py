@@ -22,6 +22,15 @@ def test_llava_aligns_the_projector_then_tunes_the_llm(tmp_path, tiny_encoder, t
     assert torch.equal(instruct.connector.output[0].weight, align.connector.output[0].weight)
     assert all(p.requires_grad for p in instruct.llm.parameters())
     assert not any(p.requires_grad for p in tiny_llm.parameters())
+    # LLaVA's stage 2 tunes the LLM at 2e-5 while the projector keeps the run's learning rate
+    from lightning.pytorch import Trainer
+
+    instruct.trainer = Trainer(max_steps=10, logger=False, enable_checkpointing=False)
+    groups = instruct.configure_optimizers()["optimizer"].param_groups
+    llm_ids = {id(p) for p in instruct.llm.parameters()}
+    rates = {("llm" if id(g["params"][0]) in llm_ids else "connector", g["weight_decay"] > 0): g["initial_lr"] for g in groups}
+    assert rates == {("llm", True): 2e-5, ("llm", False): 2e-5, ("connector", True): 8e-4, ("connector", False): 8e-4}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in instruct.parameters())
     lora = presets.build("llava", tiny_encoder, tiny_llm, stage="instruct", llm_tuning="lora",
                          init_from=str(tmp_path / "align"))  # the study's frozen / LoRA / full ablation
     assert lora.preset.llm_tuning == "lora"

@@ -66,7 +66,8 @@ _QFORMER_BODY = (
 )
 _DEPALM = "DePALM (Vallaeys et al. 2024)"
 # Stage recipes (Garg & Bas 2023 §2, Table 1): stage 1 aligns on caption pairs, stage 2 tunes on
-# instructions. LLaVA fine-tunes the whole LLM in stage 2 (full; frozen or LoRA by override).
+# instructions. LLaVA fine-tunes the whole LLM in stage 2 (full, at lr 2e-5; frozen or LoRA by
+# override), mPLUG-Owl trains LoRA adapters (here at 2e-4) with its abstractor frozen.
 _ALIGN_THEN_INSTRUCT = {"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "frozen"}}
 _GARG_BAS = "Garg & Bas 2023 §2"
 _ALL_LAST = {"layers": 1, "tokens": "all"}
@@ -199,7 +200,7 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "patches", "final_norm": False},
             connector={"transformer": None, "input_projection": False},
             trainable_formula=_LINEAR_FORMULA,
-            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full"}},
+            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full", "llm_lr": 2e-5}},
         ),
         Preset(
             name="llava-1.5",
@@ -207,7 +208,7 @@ PRESETS: dict[str, Preset] = {
             features={"layers": [-2], "tokens": "patches", "final_norm": False},
             connector={"transformer": None, "input_projection": False, "output_depth": 2},
             trainable_formula="D*H+H + H*H+H (2-layer GELU MLP of width H)",
-            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full"}},
+            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "full", "llm_lr": 2e-5}},
         ),
         Preset(
             name="clipcap",
@@ -251,7 +252,8 @@ PRESETS: dict[str, Preset] = {
                        "cross_attention_freq": 1},
             trainable_formula=_QFORMER_BODY + " + W*H+H (output Linear) + L*r*(2*H + H+K) (LoRA, rank r=8 on q_proj and v_proj of the L LLM layers; K = key/value width)",
             llm_tuning="lora",
-            stages={"align": {"llm_tuning": "frozen"}, "instruct": {"llm_tuning": "lora", "freeze_connector": True}},
+            stages={"align": {"llm_tuning": "frozen"},
+                    "instruct": {"llm_tuning": "lora", "freeze_connector": True, "llm_lr": 2e-4}},
         ),
     ]
 }

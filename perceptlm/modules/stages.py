@@ -2,7 +2,7 @@
 instructions, the second initialised from the first's trainable weights.
 
 ``InterfaceModule(stage="align" | "instruct", init_from=PATH)`` applies the preset's recipe
-(:attr:`Preset.stages`: LLM tuning, frozen connector) and copies the trainable weights of a
+(:attr:`Preset.stages`: LLM tuning and its learning rate ``llm_lr``, frozen connector) and copies the trainable weights of a
 checkpoint (``.ckpt``) or a ``save_pretrained`` folder.
 """
 
