@@ -41,8 +41,9 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
     Two-stage systems: ``stage`` ("align" | "instruct") applies the preset's recipe (``llm_tuning``
     and ``freeze_connector`` override it) and ``init_from`` (a checkpoint or ``save_pretrained``
     folder) copies an earlier stage's weights. ``llm_lr`` is the learning rate of tuned LLM weights
-    (LoRA or full; default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5). ``compile_llm`` compiles each LLM decoder layer
-    (``LanguageModel.compile_layers``; a GPU training step of a 7B LLM in bf16: 2.3x faster at batch 16).
+    (LoRA or full; default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5).
+    ``compile_llm`` compiles each LLM decoder layer (``LanguageModel.compile_layers``; a GPU
+    training step of a 7B LLM in bf16: 2.3x faster at batch 16).
     """
 
     def __init__(
