@@ -56,6 +56,33 @@ def metric_of(record: dict[str, Any], metrics: tuple[str, ...]) -> float:
     raise KeyError(f"{record['_path']}: none of the metrics {list(metrics)} is present")
 
 
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    """(mean, standard deviation, count) over seeds; the deviation is 0 for a single seed."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def _write_tables(out: str | Path, markdown: str, header: list[str], rows: list[list[Any]]) -> list[Path]:
+    """``out.md`` and ``out.csv``; returns those paths and ``out.png``'s, which the caller draws."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_suffix(".png")]
+    paths[0].write_text(markdown)
+    with open(paths[1], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return paths
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = DEFAULT_METRICS) -> dict[str, Any]:
     """Rows (mechanisms) x columns (benchmarks) of (mean, std, seeds), plus Score and rank."""
     cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -71,8 +98,7 @@ def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = DEFAULT_
     best = {c: max(statistics.fmean(cells[r][c]) for r in cells if cells[r].get(c)) for c in columns}
     rows = []
     for name, row in cells.items():
-        entries = {c: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-                   for c, v in row.items()}
+        entries = {c: _stats(v) for c, v in row.items()}
         ratios = [entries[c][0] / best[c] * 100 for c in columns if c in entries and best[c] > 0]
         rows.append({"preset": name, "cells": entries, "score": statistics.fmean(ratios) if ratios else 0.0,
                      "complete": len(entries) == len(columns), "trainable_params": params[name],
@@ -102,23 +128,13 @@ def to_markdown(table: dict[str, Any]) -> str:
 
 def write_report(table: dict[str, Any], out: str | Path) -> list[Path]:
     """``out.md``, ``out.csv`` and ``out.png`` (Score against train time)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_suffix(".png")]
-    paths[0].write_text(to_markdown(table))
-    with open(paths[1], "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["rank", "preset", *[f"{c} {k}" for c in table["columns"] for k in ("mean", "std", "n")],
-                         "score", "trainable_params", "train_seconds"])
-        for row in table["rows"]:
-            values = [x for c in table["columns"] for x in (row["cells"].get(c) or ("", "", ""))]
-            writer.writerow([row["rank"], row["preset"], *values, f"{row['score']:.4f}", row["trainable_params"],
-                             row["train_seconds"] if row["train_seconds"] is not None else ""])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    header = ["rank", "preset", *[f"{c} {k}" for c in table["columns"] for k in ("mean", "std", "n")],
+              "score", "trainable_params", "train_seconds"]
+    rows = [[row["rank"], row["preset"], *[x for c in table["columns"] for x in (row["cells"].get(c) or ("", "", ""))],
+             f"{row['score']:.4f}", row["trainable_params"],
+             row["train_seconds"] if row["train_seconds"] is not None else ""] for row in table["rows"]]
+    paths = _write_tables(out, to_markdown(table), header, rows)
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     for row in table["rows"]:
         if row["train_seconds"] is not None:
@@ -150,10 +166,6 @@ def configuration_of(record: dict[str, Any]) -> str:
     if path.name.startswith("seed") and path.parent.name:
         return path.parent.name
     return str(record.get("preset"))
-
-
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
 
 
 def aggregate_instruction(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -207,22 +219,11 @@ def instruction_markdown(report: dict[str, Any]) -> str:
 
 def write_instruction_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     """``out.md``, ``out.csv`` (one line per family x configuration x column) and ``out.png``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".md"), out.with_suffix(".csv"), out.with_suffix(".png")]
-    paths[0].write_text(instruction_markdown(report))
-    with open(paths[1], "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["family", "configuration", "column", "mean", "std", "n"])
-        for family, table in report["families"].items():
-            for row in table["rows"]:
-                for column in table["columns"]:
-                    value = row["cells"][column]
-                    writer.writerow([family, row["configuration"], column, *(value if value else ("", "", ""))])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    rows = [[family, row["configuration"], column, *(row["cells"][column] or ("", "", ""))]
+            for family, table in report["families"].items() for row in table["rows"] for column in table["columns"]]
+    paths = _write_tables(out, instruction_markdown(report), ["family", "configuration", "column", "mean", "std", "n"],
+                          rows)
+    plt = _pyplot()
 
     families = list(report["families"])
     configurations = sorted({r["configuration"] for t in report["families"].values() for r in t["rows"]})

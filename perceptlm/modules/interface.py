@@ -235,7 +235,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         prefix = self.prefix(visual)
         text = self.llm.embed(input_ids).to(prefix.dtype)
         batch, k = prefix.shape[:2]
-        if media_position is None or k == 0 or not bool(media_position.any()):
+        if media_position is None or k == 0:
             mask = torch.cat([attention_mask.new_ones(batch, k), attention_mask], dim=1)
             return torch.cat([prefix, text], dim=1), mask, k
         steps = torch.arange(input_ids.shape[1], device=input_ids.device)
