@@ -23,7 +23,7 @@ from perceptlm.data import (
     ScienceQADataModule,
 )
 from perceptlm.data.chat import chat_template, encode, end_of_turn_ids
-from perceptlm.data.easy_instruct import easy_instruct_records, image_facts
+from perceptlm.data.easy_instruct import attributes, easy_instruct_records, image_facts
 from perceptlm.data.easyvqa import default_root
 from perceptlm.data.instruction import CAPTION_INSTRUCTIONS, InstructionCollator, captions_to_instructions, instruction_sample
 from perceptlm.eval.likelihood import option_loglikelihood_choice
@@ -190,6 +190,22 @@ def test_easy_instruct_is_deterministic_and_balanced():
     colours = [r for r in first if r["id"].endswith("-color")]
     assert all(r["options"][r["meta"]["answer_index"]] == truth[int(r["image"][:-4])][0] for r in colours)
 
+
+
+def test_easy_instruct_conversation_context_does_not_give_away_the_scored_answer():
+    facts = image_facts(default_root(), "train")
+    records = easy_instruct_records(facts, "train", "conversation", turns=3)
+    assert Counter(r["meta"]["scored"] for r in records).keys() == {"color", "shape"}
+    assert Counter(r["meta"]["turns"] for r in records)[3] > len(records) // 2
+    for record in records:
+        texts = [t["value"].removeprefix("<image>\n") for t in record["conversations"]]
+        pairs = list(zip(texts[::2], texts[1::2]))
+        assert len(pairs) == record["meta"]["turns"] and record["conversations"][0]["value"].startswith("<image>\n")
+        scored = record["meta"]["scored"]
+        assert attributes(*pairs[-1]) == {scored}, record["id"]
+        assert all(scored not in attributes(*qa) and attributes(*qa) for qa in pairs[:-1]), record["id"]
+    assert attributes("what color is the triangle?", "blue") == {"color", "shape"}
+    assert attributes("is there not a blue shape?", "no") == {"color"}
 
 def test_pope_files_and_metrics(tmp_path):
     lines = {"random": [(1, "yes"), (2, "no"), (3, "yes")], "popular": [(1, "no"), (2, "yes"), (3, "no")],

@@ -178,19 +178,25 @@ def test_commands_parse_with_the_real_cli(capsys):
 
 
 # -- the instruction-tuning comparison (experiments/paper/instruction) ------------------------------
-def test_instruction_grid_is_current_and_parses(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def grid():
+    """experiments/paper/instruction/grid.py as a module."""
+    spec = importlib.util.spec_from_file_location("instruction_grid", ROOT / "experiments/paper/instruction/grid.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     """Committed commands are what the generator writes; every system's three commands (align fit,
     instruct fit from the align checkpoint, test with the blind baseline) parse with the real CLI."""
     from perceptlm.cli import cli
 
-    spec = importlib.util.spec_from_file_location("instruction_grid", ROOT / "experiments/paper/instruction/grid.py")
-    grid = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = grid
-    spec.loader.exec_module(grid)
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 33
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 36
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -202,3 +208,26 @@ def test_instruction_grid_is_current_and_parses(tmp_path, capsys):
             assert printed["model"]["init_args"]["preset"] == system and printed["model"]["init_args"]["stage"] == stage
             assert printed["data"]["init_args"]["family"] == ("caption" if args is align else "all")
         assert printed["model"]["init_args"]["eval_blind"] is True
+    # A data amount is the number of records a stage sees (its steps), and nothing else changes.
+    for variant, stage, share in (("instruct-10pct", 1, 0.1), ("instruct-400pct", 1, 4.0), ("align-10pct", 0, 0.1)):
+        changed = grid.stage_commands(grid.Cell("llava", variant, 0))
+        default = grid.stage_commands(grid.Cell("llava", "default", 0))
+        steps = (grid.ALIGN_STEPS, grid.INSTRUCT_STEPS)[stage]
+        assert option(changed[stage], "--trainer.max_steps") == str(round(steps * share)) != str(steps)
+        same = [a.replace(f"llava-{variant}", "llava-default") for a in changed[stage]]
+        same[same.index("--trainer.max_steps") + 1] = str(steps)
+        assert same == default[stage]
+
+
+def test_instruction_grid_run_skips_a_trained_stage(grid, tmp_path, monkeypatch, capsys):
+    """Re-running a cell does not train again a stage whose last.ckpt exists (a resumed grid)."""
+    monkeypatch.chdir(tmp_path)
+    cell = grid.Cell("llava", "default", 0)
+    assert grid.run(cell, dry_run=True) == 0
+    assert "skipped" not in capsys.readouterr().out
+    (tmp_path / cell.run_dir / "align" / "checkpoints").mkdir(parents=True)
+    (tmp_path / cell.run_dir / "align" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert grid.run(cell, dry_run=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.startswith("skipped") for line in lines] == [True, False, False]
+    assert "--data.init_args.family caption" in lines[0] and lines[2].startswith("perceptlm test")

@@ -6,7 +6,9 @@ come from its questions (:func:`perceptlm.data.easyvqa.caption_of`). Task famili
 records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
 
 * ``conversation``: up to ``turns`` easy-VQA question/answer pairs of the same image chained as the
-  turns of one conversation (a seeded choice per image); scored on the last answer.
+  turns of one conversation (a seeded choice per image); scored on the last answer. The last
+  question is about one attribute (colour or shape) and the earlier turns only about the other one,
+  so no earlier turn names or rules out the scored answer: the context cannot stand in for the image.
 * ``mcq``: lettered multiple choice (colour: 4 options, shape: 3, "colour shape" description: 4, with
   seeded distractors); the answer is the letter (ScienceQA-style prompt, LLaVA-1.5 suffix).
 * ``yesno``: POPE-style probes (Li et al. 2023, "Evaluating Object Hallucination in Large
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,15 +91,29 @@ def _record(record_id: str, image_id: int, turns: list[tuple[str, str]], meta: d
     return record
 
 
+def attributes(question: str, answer: str) -> frozenset[str]:
+    """The attributes ("color", "shape") a question/answer pair names a value of."""
+    words = set(re.findall(r"[a-z]+", f"{question} {answer}".lower()))
+    return frozenset(name for name, values in (("color", COLORS), ("shape", SHAPES)) if words & set(values))
+
+
 def conversation_records(facts: list[ImageFacts], split: str, turns: int = 3) -> list[dict[str, Any]]:
     out = []
     for fact in facts:
-        chosen = _rng("conversation", split, fact.image_id).sample(fact.qas, min(turns, len(fact.qas)))
+        rng = _rng("conversation", split, fact.image_id)
+        about = {name: [qa for qa in fact.qas if attributes(*qa) == {name}] for name in ("color", "shape")}
+        scored = [name for name in ("color", "shape") if about[name]]
+        if scored:  # last turn about one attribute, the earlier ones only about the other
+            attribute = rng.choice(scored)
+            other = about["shape" if attribute == "color" else "color"]
+            chosen = [*rng.sample(other, min(turns - 1, len(other))), rng.choice(about[attribute])]
+        else:  # every question names both: a single turn
+            attribute, chosen = "both", [rng.choice(fact.qas)]
         conversation = []
         for k, (question, answer) in enumerate(chosen):
             conversation += [("human", f"{IMAGE}\n{question}" if k == 0 else question), ("gpt", answer)]
         out.append(_record(f"{split}-conversation-{fact.image_id}", fact.image_id, conversation,
-                           {"task": "conversation", "turns": len(chosen)}))
+                           {"task": "conversation", "turns": len(chosen), "scored": attribute}))
     return out
 
 

@@ -33,17 +33,33 @@ QFORMER = json.dumps({"width": 256, "num_layers": 2, "num_heads": 4, "num_querie
 SCALE = {"blip2": QFORMER, "instructblip": QFORMER, "minigpt4": QFORMER, "mplug-owl": QFORMER}
 ALIGN_STEPS, INSTRUCT_STEPS, BATCH = 60, 120, 8
 
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A change to a system's default run: extra arguments per stage, and the share of the default
+    budget of records each stage sees (``steps x BATCH``; 0.1 = 10% of the data)."""
+
+    instruct: tuple[str, ...] = ()
+    align: tuple[str, ...] = ()
+    instruct_data: float = 1.0
+    align_data: float = 1.0
+
+
 # The study's ablations, on LLaVA (Garg & Bas §3): stage-2 LLM tuning, instruction data amount,
 # alignment data amount, and the head (projector) trained or frozen in stage 2. The instruction-aware
-# head on/off is InstructBLIP vs BLIP-2. Each variant: (stage-2 arguments, stage-1 arguments).
-VARIANTS: dict[str, tuple[list[str], list[str]]] = {
-    "default": ([], []),
-    "llm-frozen": (["--model.init_args.llm_tuning", "frozen"], []),
-    "llm-lora": (["--model.init_args.llm_tuning", "lora"], []),
-    "instruct-10pct": (["--data.init_args.fraction", "0.1"], []),
-    "instruct-50pct": (["--data.init_args.fraction", "0.5"], []),
-    "align-10pct": ([], ["--data.init_args.fraction", "0.1"]),
-    "head-frozen": (["--model.init_args.freeze_connector", "true"], []),
+# head on/off is InstructBLIP vs BLIP-2. A stage sees less than one epoch of its data, so a data amount
+# is the number of records seen (the steps), not the size of the pool they are drawn from; 400% shows
+# what a larger budget adds.
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
+    "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora")),
+    "instruct-10pct": Variant(instruct_data=0.1),
+    "instruct-50pct": Variant(instruct_data=0.5),
+    "instruct-400pct": Variant(instruct_data=4.0),
+    "align-10pct": Variant(align_data=0.1),
+    "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
 }
 
 
@@ -89,10 +105,10 @@ def _last_checkpoint(run_dir: str) -> list[str]:
 
 def stage_commands(cell: Cell) -> list[list[str]]:
     """align fit, instruct fit (from the align checkpoint), instruct test with the blind baseline."""
-    instruct_extra, align_extra = VARIANTS[cell.variant]
+    variant = VARIANTS[cell.variant]
     align_dir, instruct_dir = f"{cell.run_dir}/align", cell.run_dir
-    align = ["fit", *_model(cell, "align"), "--data.init_args.family", "caption", *align_extra,
-             "--trainer.max_steps", str(ALIGN_STEPS), "--trainer.limit_val_batches", "0",
+    align = ["fit", *_model(cell, "align"), "--data.init_args.family", "caption", *variant.align,
+             "--trainer.max_steps", str(round(ALIGN_STEPS * variant.align_data)), "--trainer.limit_val_batches", "0",
              "--trainer.default_root_dir", align_dir, "--trainer.logger.init_args.save_dir", align_dir,
              *_last_checkpoint(align_dir)]
     if cell.system == "minigpt4":  # MiniGPT-4 keeps BLIP-2's aligned Q-Former frozen
@@ -100,11 +116,11 @@ def stage_commands(cell: Cell) -> list[list[str]]:
                      "init_from": f"{RUNS}/blip2-default/seed{cell.seed}/align/checkpoints/last.ckpt"}
         align += ["--model.init_args.connector", json.dumps(connector)]
     checkpoint = f"{align_dir}/checkpoints/last.ckpt"
-    common = [*_model(cell, "instruct"), *instruct_extra, "--trainer.default_root_dir", instruct_dir,
+    common = [*_model(cell, "instruct"), *variant.instruct, "--trainer.default_root_dir", instruct_dir,
               "--trainer.logger.init_args.save_dir", instruct_dir]
     instruct = ["fit", *common, "--model.init_args.init_from", checkpoint,
-                "--trainer.max_steps", str(INSTRUCT_STEPS), "--trainer.limit_val_batches", "0",
-                *_last_checkpoint(instruct_dir)]
+                "--trainer.max_steps", str(round(INSTRUCT_STEPS * variant.instruct_data)),
+                "--trainer.limit_val_batches", "0", *_last_checkpoint(instruct_dir)]
     test = ["test", *common, "--model.init_args.eval_blind", "true",
             "--ckpt_path", f"{instruct_dir}/checkpoints/last.ckpt"]
     return [align, instruct, test]
@@ -123,7 +139,11 @@ def write(out: Path) -> Path:
 
 
 def run(cell: Cell, dry_run: bool = False) -> int:
+    """The cell's three commands in order; a fit whose ``last.ckpt`` exists is not run again."""
     for args in stage_commands(cell):
+        if args[0] == "fit" and Path(args[args.index("--trainer.callbacks.dirpath") + 1], "last.ckpt").exists():
+            print(f"skipped (checkpoint exists): {shlex.join(['perceptlm', *args])}", flush=True)
+            continue
         print(shlex.join(["perceptlm", *args]), flush=True)
         if not dry_run:
             code = subprocess.call([sys.executable, "-m", "perceptlm.cli", *args])
