@@ -14,6 +14,7 @@ from PIL import Image
 
 from perceptlm.data import (
     CaptionInstructDataModule,
+    EasyInstructDataModule,
     EasyVQADataModule,
     Flickr30kDataModule,
     LLaVAInstructDataModule,
@@ -207,6 +208,21 @@ def test_easy_instruct_conversation_context_does_not_give_away_the_scored_answer
     assert attributes("what color is the triangle?", "blue") == {"color", "shape"}
     assert attributes("is there not a blue shape?", "no") == {"color"}
 
+
+def test_easy_instruct_text_oracle_states_the_truth_in_the_first_turn():
+    plain = EasyInstructDataModule(test_images=10).records("test")
+    oracle = EasyInstructDataModule(test_images=10, describe=True).records("test")
+    truth = {f"{f.image_id}.png": f"a {f.color} {f.shape}" for f in image_facts(default_root(), "test") if f.color}
+    assert len(plain) == len(oracle) and sum(r["image"] in truth for r in plain) > len(plain) // 2
+    for before, after in zip(plain, oracle):
+        first_before, first_after = before["conversations"][0]["value"], after["conversations"][0]["value"]
+        if before["image"] in truth:
+            statement = f"<image>\nThe image shows {truth[before['image']]}.\n"
+            assert first_after == first_before.replace("<image>\n", statement) != first_before
+        else:
+            assert first_after == first_before
+        assert after["conversations"][1:] == before["conversations"][1:] and after["meta"] == before["meta"]
+
 def test_pope_files_and_metrics(tmp_path):
     lines = {"random": [(1, "yes"), (2, "no"), (3, "yes")], "popular": [(1, "no"), (2, "yes"), (3, "no")],
              "adversarial": [(1, "yes"), (2, "no")]}
@@ -331,7 +347,6 @@ def test_bad_records_name_file_and_record(tmp_path):
 
 def test_cli_fit_and_validate_on_easy_instruct(tmp_path):
     from perceptlm.cli import cli
-    from perceptlm.data import EasyInstructDataModule
 
     configs = Path(__file__).parents[1] / "experiments" / "configs"
     args = ["--config", str(configs / "mechanisms" / "depalm-qp-l0.yaml"), "--config", str(configs / "data" / "easy_instruct.yaml"),

@@ -21,6 +21,11 @@ records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
 
 Generation is deterministic: choices are seeded by strings (split, family, image id), independent
 of the run's ``seed``.
+
+``describe=True`` is a text oracle: the first user turn also states the image's colour and shape
+("The image shows a red circle."), so a model trained and tested on it shows what perfect perception
+reaches with the same LLM, recipe and budget (records of images whose questions do not determine
+both stay as they are).
 """
 
 from __future__ import annotations
@@ -205,6 +210,19 @@ def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]
     return out
 
 
+def describe_image(records: list[dict[str, Any]], facts: list[ImageFacts]) -> list[dict[str, Any]]:
+    """The records with the image's colour and shape stated after ``<image>`` in the first turn (text oracle)."""
+    described = {f"{f.image_id}.png": f"a {f.color} {f.shape}" for f in facts if f.color is not None}
+    out = []
+    for record in records:
+        if record["image"] in described:
+            first, *rest = record["conversations"]
+            text = first["value"].replace(f"{IMAGE}\n", f"{IMAGE}\nThe image shows {described[record['image']]}.\n", 1)
+            record = {**record, "conversations": [{**first, "value": text}, *rest]}
+        out.append(record)
+    return out
+
+
 def easy_instruct_records(facts: list[ImageFacts], split: str, family: str = "all", pope: str = "random",
                           turns: int = 3) -> list[dict[str, Any]]:
     """The records of ``family`` (or ``all``) for these images, in LLaVA JSON format (+ meta, options)."""
@@ -223,6 +241,7 @@ class EasyInstructDataModule(InstructionDataModule):
     Evaluation uses a fixed set of test-split images (``test_images``; validation the first
     ``val_images`` of the same choice, seed 0) with every record of those images, so yes/no stays
     50/50 and all families see the same images. ``fraction``/``limit`` subsample training records.
+    ``describe``: the text oracle (module docstring).
     """
 
     name = "easy-instruct"
@@ -230,7 +249,7 @@ class EasyInstructDataModule(InstructionDataModule):
 
     def __init__(self, data_root: str | None = None, family: str = "all", pope: str = "random", turns: int = 3,
                  test_images: int | None = 200, val_images: int | None = 50, task: str | None = None,
-                 max_length: int = 512, **kwargs: Any) -> None:
+                 max_length: int = 512, describe: bool = False, **kwargs: Any) -> None:
         if family not in (*FAMILIES, "all"):
             raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
         if pope not in POPE_SUBSETS:
@@ -240,7 +259,7 @@ class EasyInstructDataModule(InstructionDataModule):
         task = fixed_task(f"{self.name} family {family!r}", task, "instruct" if family == "all" else family)
         super().__init__(data_root=data_root, task=task, max_length=max_length, **kwargs)
         self.family, self.pope, self.turns = family, pope, turns
-        self.test_images, self.val_images = test_images, val_images
+        self.test_images, self.val_images, self.describe = test_images, val_images, describe
 
     def root(self) -> Path:
         return Path(self.data_root) if self.data_root else default_root()
@@ -254,7 +273,8 @@ class EasyInstructDataModule(InstructionDataModule):
             if limit is not None:
                 keep = set(np.random.default_rng(0).permutation(len(facts))[:limit].tolist())
                 facts = [f for k, f in enumerate(facts) if k in keep]
-        return easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns)
+        records = easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns)
+        return describe_image(records, facts) if self.describe else records
 
     def load_samples(self, split: str) -> list[Sample]:
         folder = "train" if split == "train" else "test"

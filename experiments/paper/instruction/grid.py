@@ -50,7 +50,8 @@ class Variant:
 # alignment data amount, and the head (projector) trained or frozen in stage 2. The instruction-aware
 # head on/off is InstructBLIP vs BLIP-2. A stage sees less than one epoch of its data, so a data amount
 # is the number of records seen (the steps), not the size of the pool they are drawn from; 400% shows
-# what a larger budget adds.
+# what a larger budget adds. ``text-oracle`` is a control, not an interface: the first turn also states
+# the image's colour and shape, the ceiling of what perception can add with this LLM, recipe and budget.
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
@@ -60,6 +61,7 @@ VARIANTS: dict[str, Variant] = {
     "instruct-400pct": Variant(instruct_data=4.0),
     "align-10pct": Variant(align_data=0.1),
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
+    "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
 }
 
 
