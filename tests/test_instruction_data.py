@@ -192,7 +192,6 @@ def test_easy_instruct_is_deterministic_and_balanced():
     assert all(r["options"][r["meta"]["answer_index"]] == truth[int(r["image"][:-4])][0] for r in colours)
 
 
-
 def test_easy_instruct_conversation_context_does_not_give_away_the_scored_answer():
     facts = image_facts(default_root(), "train")
     records = easy_instruct_records(facts, "train", "conversation", turns=3)
@@ -222,6 +221,7 @@ def test_easy_instruct_text_oracle_states_the_truth_in_the_first_turn():
         else:
             assert first_after == first_before
         assert after["conversations"][1:] == before["conversations"][1:] and after["meta"] == before["meta"]
+
 
 def test_pope_files_and_metrics(tmp_path):
     lines = {"random": [(1, "yes"), (2, "no"), (3, "yes")], "popular": [(1, "no"), (2, "yes"), (3, "no")],

@@ -64,6 +64,11 @@ class ImageFacts:
     color: str | None
     shape: str | None
 
+    @property
+    def description(self) -> str | None:
+        """"a {color} {shape}" (the caption), or None where the questions do not determine both."""
+        return f"a {self.color} {self.shape}" if self.color is not None else None
+
 
 def image_facts(root: Path, split: str) -> list[ImageFacts]:
     """Per image (sorted by id): its question/answer pairs and, where they determine them, its colour and shape."""
@@ -205,14 +210,14 @@ def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]
             continue
         instruction = _rng("caption", split, fact.image_id).choice(CAPTION_INSTRUCTIONS)
         out.append(_record(f"{split}-caption-{fact.image_id}", fact.image_id,
-                           [("human", f"{IMAGE}\n{instruction}"), ("gpt", f"a {fact.color} {fact.shape}")],
+                           [("human", f"{IMAGE}\n{instruction}"), ("gpt", fact.description)],
                            {"task": "caption", "objects": [fact.shape], "vocabulary": "easy-vqa"}))
     return out
 
 
 def describe_image(records: list[dict[str, Any]], facts: list[ImageFacts]) -> list[dict[str, Any]]:
     """The records with the image's colour and shape stated after ``<image>`` in the first turn (text oracle)."""
-    described = {f"{f.image_id}.png": f"a {f.color} {f.shape}" for f in facts if f.color is not None}
+    described = {f"{f.image_id}.png": f.description for f in facts if f.description}
     out = []
     for record in records:
         if record["image"] in described:

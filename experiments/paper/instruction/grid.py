@@ -34,7 +34,6 @@ SCALE = {"blip2": QFORMER, "instructblip": QFORMER, "minigpt4": QFORMER, "mplug-
 ALIGN_STEPS, INSTRUCT_STEPS, BATCH = 60, 120, 8
 
 
-
 @dataclass(frozen=True)
 class Variant:
     """A change to a system's default run: extra arguments per stage, and the share of the default
