@@ -196,7 +196,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 39
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 42
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -207,7 +207,14 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
             printed = yaml.safe_load(capsys.readouterr().out)
             assert printed["model"]["init_args"]["preset"] == system and printed["model"]["init_args"]["stage"] == stage
             assert printed["data"]["init_args"]["family"] == ("caption" if args is align else "all")
+            # a fully tuned LLM's stage-2 rate is scaled to the budget; the other recipes keep theirs
+            scaled = float(grid.LLM_LR[system]) if system in grid.LLM_LR and args is not align else None
+            assert printed["model"]["init_args"]["llm_lr"] == scaled
         assert printed["model"]["init_args"]["eval_blind"] is True
+    for variant, rate in (("paper-lr", 2e-5), ("llm-lora", 2e-4)):  # a variant's rate wins over the scaled one
+        with pytest.raises(SystemExit):
+            cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["llm_lr"] == rate
     # A data amount is the number of records a stage sees (its steps), and nothing else changes.
     for variant, stage, share in (("instruct-10pct", 1, 0.1), ("instruct-400pct", 1, 4.0), ("align-10pct", 0, 0.1)):
         changed = grid.stage_commands(grid.Cell("llava", variant, 0))

@@ -32,6 +32,10 @@ SYSTEMS = ("blip2", "instructblip", "llava", "minigpt4", "mplug-owl")
 QFORMER = json.dumps({"width": 256, "num_layers": 2, "num_heads": 4, "num_queries": 8})
 SCALE = {"blip2": QFORMER, "instructblip": QFORMER, "minigpt4": QFORMER, "mplug-owl": QFORMER}
 ALIGN_STEPS, INSTRUCT_STEPS, BATCH = 60, 120, 8
+# The stage-2 learning rate of a fully tuned LLM, scaled to this budget: LLaVA's 2e-5 is set for
+# thousands of steps of 128; at 120 steps of 8 it hardly moves the LLM (variant ``paper-lr``). The
+# other systems keep their recipe's rate (a frozen LLM, or mPLUG-Owl's LoRA at 2e-4).
+LLM_LR = {"llava": "1e-4"}
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,14 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
-    "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora")),
+    "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora", "--model.init_args.llm_lr", "2e-4")),
     "instruct-10pct": Variant(instruct_data=0.1),
     "instruct-50pct": Variant(instruct_data=0.5),
     "instruct-400pct": Variant(instruct_data=4.0),
     "align-10pct": Variant(align_data=0.1),
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
     "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
+    "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
 }
 
 
@@ -94,6 +99,8 @@ def _model(cell: Cell, stage: str) -> list[str]:
             "--trainer.logger.init_args.group", f"{cell.system}-{cell.variant}"]
     if cell.system in SCALE:
         args += ["--model.init_args.connector", SCALE[cell.system]]
+    if stage == "instruct" and cell.system in LLM_LR:
+        args += ["--model.init_args.llm_lr", LLM_LR[cell.system]]
     return args
 
 
