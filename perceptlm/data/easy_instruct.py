@@ -206,7 +206,7 @@ def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random") -
 def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]:
     out = []
     for fact in facts:
-        if fact.color is None:
+        if fact.description is None:
             continue
         instruction = _rng("caption", split, fact.image_id).choice(CAPTION_INSTRUCTIONS)
         out.append(_record(f"{split}-caption-{fact.image_id}", fact.image_id,
@@ -217,7 +217,7 @@ def caption_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]
 
 def describe_image(records: list[dict[str, Any]], facts: list[ImageFacts]) -> list[dict[str, Any]]:
     """The records with the image's colour and shape stated after ``<image>`` in the first turn (text oracle)."""
-    described = {f"{f.image_id}.png": f.description for f in facts if f.description}
+    described = {f"{f.image_id}.png": f.description for f in facts if f.description is not None}
     out = []
     for record in records:
         if record["image"] in described:
