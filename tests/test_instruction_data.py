@@ -168,7 +168,7 @@ def test_easy_instruct_is_deterministic_and_balanced():
     assert first == easy_instruct_records(image_facts(default_root(), "test"), "test", "all", "random")
     known = sum(f.color is not None for f in facts)
     counts = Counter(r["meta"]["task"] for r in first)
-    assert counts == {"conversation": len(facts), "mcq": 3 * known, "yesno": 4 * known, "caption": known}
+    assert counts == {"conversation": 2 * known, "mcq": 3 * known, "yesno": 4 * known, "caption": known}
     negatives, truth = {}, {f.image_id: (f.color, f.shape) for f in facts}
     for subset in ("random", "popular", "adversarial"):
         probes = easy_instruct_records(facts, "test", "yesno", subset)
@@ -188,22 +188,28 @@ def test_easy_instruct_is_deterministic_and_balanced():
         option_lines = record["conversations"][0]["value"].split("\n")[2:-1]
         assert option_lines == [f"{chr(65 + k)}. {o}" for k, o in enumerate(record["options"])]
         assert record["meta"]["answer_index"] == ord(letter) - 65 < record["meta"]["num_options"] == len(record["options"])
-    colours = [r for r in first if r["id"].endswith("-color")]
+    colours = [r for r in first if r["meta"]["task"] == "mcq" and r["id"].endswith("-color")]
     assert all(r["options"][r["meta"]["answer_index"]] == truth[int(r["image"][:-4])][0] for r in colours)
 
 
-def test_easy_instruct_conversation_context_does_not_give_away_the_scored_answer():
+def test_easy_instruct_conversation_context_and_question_do_not_give_away_the_scored_answer():
     facts = image_facts(default_root(), "train")
+    truth = {f"{f.image_id}.png": {"color": f.color, "shape": f.shape} for f in facts if f.color is not None}
     records = easy_instruct_records(facts, "train", "conversation", turns=3)
-    assert Counter(r["meta"]["scored"] for r in records).keys() == {"color", "shape"}
+    assert Counter(r["meta"]["scored"] for r in records) == {"color": len(truth), "shape": len(truth)}
     assert Counter(r["meta"]["turns"] for r in records)[3] > len(records) // 2
+    by_question = {}
     for record in records:
         texts = [t["value"].removeprefix("<image>\n") for t in record["conversations"]]
         pairs = list(zip(texts[::2], texts[1::2]))
         assert len(pairs) == record["meta"]["turns"] and record["conversations"][0]["value"].startswith("<image>\n")
         scored = record["meta"]["scored"]
-        assert attributes(*pairs[-1]) == {scored}, record["id"]
+        assert attributes(*pairs[-1]) == {scored} and pairs[-1][1] == truth[record["image"]][scored], record["id"]
         assert all(scored not in attributes(*qa) and attributes(*qa) for qa in pairs[:-1]), record["id"]
+        by_question.setdefault(pairs[-1][0], Counter())[pairs[-1][1]] += 1
+    # without the image the scored question alone is a poor guide: no wording's most common answer
+    # covers half its records (a yes/no question about a colour would be "no" 7 times in 8)
+    assert len(by_question) == 5 and all(max(c.values()) < sum(c.values()) / 2 for c in by_question.values())
     assert attributes("what color is the triangle?", "blue") == {"color", "shape"}
     assert attributes("is there not a blue shape?", "no") == {"color"}
 

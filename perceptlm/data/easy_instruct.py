@@ -5,10 +5,13 @@ Every easy-VQA image shows one coloured shape (8 colours x 3 shapes); an image's
 come from its questions (:func:`perceptlm.data.easyvqa.caption_of`). Task families (LLaVA JSON
 records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
 
-* ``conversation``: up to ``turns`` easy-VQA question/answer pairs of the same image chained as the
-  turns of one conversation (a seeded choice per image); scored on the last answer. The last
-  question is about one attribute (colour or shape) and the earlier turns only about the other one,
-  so no earlier turn names or rules out the scored answer: the context cannot stand in for the image.
+* ``conversation``: per image two conversations of up to ``turns`` turns, one scored on its colour
+  and one on its shape. The earlier turns are the image's own easy-VQA question/answer pairs about
+  the other attribute only (a seeded choice), so no earlier turn names or rules out the scored
+  answer; the last turn asks for the attribute in one of easy-VQA's open wordings ("what color is
+  the shape?"). The scored answer is never a yes/no whose question form predicts it ("is there a
+  yellow shape?" is "no" for 7 images in 8): without the image, the best guess is the attribute's
+  most frequent value.
 * ``mcq``: lettered multiple choice (colour: 4 options, shape: 3, "colour shape" description: 4, with
   seeded distractors); the answer is the letter (ScienceQA-style prompt, LLaVA-1.5 suffix).
 * ``yesno``: POPE-style probes (Li et al. 2023, "Evaluating Object Hallucination in Large
@@ -55,6 +58,9 @@ FAMILIES = ("conversation", "mcq", "yesno", "caption")
 POPE_SUBSETS = ("random", "popular", "adversarial")
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
+# easy-VQA's open questions about one attribute (the conversation family's scored turn)
+OPEN_QUESTIONS = {"color": ("what color is the shape?", "what is the color of the shape?"),
+                  "shape": ("what shape is in the image?", "what shape does the image contain?", "what shape is present?")}
 
 
 @dataclass(frozen=True)
@@ -110,20 +116,17 @@ def attributes(question: str, answer: str) -> frozenset[str]:
 def conversation_records(facts: list[ImageFacts], split: str, turns: int = 3) -> list[dict[str, Any]]:
     out = []
     for fact in facts:
+        if fact.description is None:
+            continue
         rng = _rng("conversation", split, fact.image_id)
-        about = {name: [qa for qa in fact.qas if attributes(*qa) == {name}] for name in ("color", "shape")}
-        scored = [name for name in ("color", "shape") if about[name]]
-        if scored:  # last turn about one attribute, the earlier ones only about the other
-            attribute = rng.choice(scored)
-            other = about["shape" if attribute == "color" else "color"]
-            chosen = [*rng.sample(other, min(turns - 1, len(other))), rng.choice(about[attribute])]
-        else:  # every question names both: a single turn
-            attribute, chosen = "both", [rng.choice(fact.qas)]
-        conversation = []
-        for k, (question, answer) in enumerate(chosen):
-            conversation += [("human", f"{IMAGE}\n{question}" if k == 0 else question), ("gpt", answer)]
-        out.append(_record(f"{split}-conversation-{fact.image_id}", fact.image_id, conversation,
-                           {"task": "conversation", "turns": len(chosen), "scored": attribute}))
+        for attribute, other, answer in (("color", "shape", fact.color), ("shape", "color", fact.shape)):
+            context = [qa for qa in fact.qas if attributes(*qa) == {other}]
+            chosen = [*rng.sample(context, min(turns - 1, len(context))), (rng.choice(OPEN_QUESTIONS[attribute]), answer)]
+            conversation = []
+            for k, (question, reply) in enumerate(chosen):
+                conversation += [("human", f"{IMAGE}\n{question}" if k == 0 else question), ("gpt", reply)]
+            out.append(_record(f"{split}-conversation-{fact.image_id}-{attribute}", fact.image_id, conversation,
+                               {"task": "conversation", "turns": len(chosen), "scored": attribute}))
     return out
 
 
