@@ -1,0 +1,74 @@
+"""How much colour and shape the packaged image encoder carries: a linear probe.
+
+Fits a softmax regression (L-BFGS, L2 1e-3, standardised features) on EfficientNet-Lite0's pooled
+final feature map, the global token every interface reads, for easy-VQA's colour and shape, on
+``--train`` training images, and reports accuracy on ``--test`` test images next to the majority
+class. A high probe accuracy where a trained interface answers near its blind baseline says the
+limit is the interface's training, not the encoder.
+
+    python experiments/paper/instruction/encoder_probe.py [--train 800] [--test 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+from PIL import Image
+
+from perceptlm.data.easy_instruct import image_facts
+from perceptlm.data.easyvqa import COLORS, SHAPES, default_root
+from perceptlm.encoders.efficientnet import efficientnet_lite0_encoder
+
+
+@torch.no_grad()
+def pooled_features(encoder, split: str, count: int, batch: int = 50):
+    """The pooled final map ``[n, 1280]`` of the first ``count`` images whose colour and shape are known."""
+    root = default_root()
+    facts = [f for f in image_facts(root, split) if f.description is not None][:count]
+    features = []
+    for start in range(0, len(facts), batch):
+        images = [Image.open(root / split / "images" / f"{f.image_id}.png") for f in facts[start:start + batch]]
+        features.append(encoder.feature_map(torch.stack([encoder.preprocess(im) for im in images])).mean(dim=(2, 3)))
+    return torch.cat(features), facts
+
+
+def probe(train_x, train_y, test_x, test_y, classes: int, l2: float = 1e-3) -> float:
+    """Test accuracy of an L2-regularised softmax regression fitted by L-BFGS."""
+    weight = torch.zeros(train_x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(train_x @ weight + bias, train_y) + l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return ((test_x @ weight + bias).argmax(1) == test_y).float().mean().item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--train", type=int, default=800, help="training images (known colour and shape)")
+    parser.add_argument("--test", type=int, default=400, help="test images (known colour and shape)")
+    args = parser.parse_args(argv)
+    encoder = efficientnet_lite0_encoder().eval()
+    train_x, train_facts = pooled_features(encoder, "train", args.train)
+    test_x, test_facts = pooled_features(encoder, "test", args.test)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    print("| attribute | linear probe accuracy | majority class |\n|---|---|---|")
+    for name, vocabulary in (("color", COLORS), ("shape", SHAPES)):
+        train_y = torch.tensor([vocabulary.index(getattr(f, name)) for f in train_facts])
+        test_y = torch.tensor([vocabulary.index(getattr(f, name)) for f in test_facts])
+        accuracy = probe(train_x, train_y, test_x, test_y, len(vocabulary))
+        majority = np.bincount(test_y.numpy()).max() / len(test_y)
+        print(f"| {name} | {100 * accuracy:.1f} | {100 * majority:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
