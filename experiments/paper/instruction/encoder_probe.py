@@ -24,13 +24,15 @@ from perceptlm.encoders.efficientnet import efficientnet_lite0_encoder
 
 @torch.no_grad()
 def pooled_features(encoder, split: str, count: int, batch: int = 50):
-    """The pooled final map ``[n, 1280]`` of the first ``count`` images whose colour and shape are known."""
+    """The global token ``[n, 1280]`` (the pooled final map, read through the encoder's own
+    ``hidden_states``) of the first ``count`` images whose colour and shape are known."""
     root = default_root()
     facts = [f for f in image_facts(root, split) if f.description is not None][:count]
     features = []
     for start in range(0, len(facts), batch):
         images = [Image.open(root / split / "images" / f"{f.image_id}.png") for f in facts[start:start + batch]]
-        features.append(encoder.feature_map(torch.stack([encoder.preprocess(im) for im in images])).mean(dim=(2, 3)))
+        (tokens,), _ = encoder.hidden_states(torch.stack([encoder.preprocess(im) for im in images]), [0])
+        features.append(tokens[:, 0])
     return torch.cat(features), facts
 
 
