@@ -1,0 +1,133 @@
+"""What each system perceives: colour vs shape, per task family, from the runs' test predictions.
+
+Reads every ``predictions.jsonl`` below a runs folder (each test run writes one, with the trained
+and the blind answer of every record) and reports per configuration, as the mean over seeds of
+each run's percentage, the trained value and its blind twin (perception zeroed):
+
+* conversation: accuracy of the last turns scored on the colour and on the shape (the family's own
+  metric, easy-VQA answer normalisation);
+* caption: the share of captions that name the image's colour (resp. shape) and no other;
+* yes/no: accuracy per probe kind, the shape or colour present (answer "yes") or absent ("no").
+  A system that says "yes" whatever it sees scores 100 on "present" and 0 on "absent".
+
+    python experiments/paper/instruction/breakdown.py runs/instruction \
+        [--out experiments/paper/instruction/results/breakdown.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from perceptlm.data.easyvqa import COLORS, SHAPES
+from perceptlm.eval.scoring import score_instruction
+from perceptlm.report import configuration_of
+
+VALUES = {"color": COLORS, "shape": SHAPES}
+PROBES = ("shape-yes", "shape-no", "color-yes", "color-no")
+COLUMNS = (("conversation", "color"), ("conversation", "shape"), ("caption", "color"), ("caption", "shape"),
+           *(("yesno", probe) for probe in PROBES))
+TITLES = {**{("conversation", a): f"conversation {a}" for a in VALUES},
+          **{("caption", a): f"caption names {a}" for a in VALUES},
+          ("yesno", "shape-yes"): "yes/no shape present", ("yesno", "shape-no"): "yes/no shape absent",
+          ("yesno", "color-yes"): "yes/no color present", ("yesno", "color-no"): "yes/no color absent"}
+
+
+def names_only(text: str, value: str, attribute: str) -> bool:
+    """Whether ``text`` names ``value`` and no other value of ``attribute`` ("color" or "shape")."""
+    return set(re.findall(r"[a-z]+", text.lower())) & set(VALUES[attribute]) == {value}
+
+
+def _true_value(reference: str, attribute: str, where: str) -> str:
+    named = set(re.findall(r"[a-z]+", reference.lower())) & set(VALUES[attribute])
+    if len(named) != 1:
+        raise ValueError(f"{where}: reference {reference!r} names {sorted(named) or 'no'} {attribute}; "
+                         f"expected one of {list(VALUES[attribute])}")
+    return named.pop()
+
+
+def _accuracy(task: str, records: list[dict[str, Any]], answer: str) -> float:
+    """The family's own accuracy (:func:`perceptlm.eval.scoring.score_instruction`), in percent."""
+    metrics = score_instruction(task, [r[answer] for r in records], [r["references"] for r in records],
+                                [r["meta"] for r in records])
+    return 100 * metrics["accuracy"]
+
+
+def run_breakdown(path: str | Path, answer: str = "prediction") -> dict[tuple[str, str], float]:
+    """One run's percentages per (family, column) from its ``predictions.jsonl``; ``answer`` is
+    ``"prediction"`` (trained) or ``"blind_prediction"``."""
+    records = defaultdict(list)
+    for line_number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        record = json.loads(line)
+        if answer not in record:
+            raise ValueError(f"{path}:{line_number}: record {record.get('id')!r} has no {answer!r}")
+        records[record["meta"]["task"]].append(record)
+    out = {}
+    for attribute in VALUES:
+        scored = [r for r in records.get("conversation", []) if r["meta"].get("scored") == attribute]
+        if scored:
+            out[("conversation", attribute)] = _accuracy("conversation", scored, answer)
+    captions = records.get("caption", [])
+    for attribute in VALUES:
+        hits = [names_only(r[answer], _true_value(r["references"][0], attribute, f"{path}: {r['id']}"), attribute)
+                for r in captions]
+        if hits:
+            out[("caption", attribute)] = 100 * sum(hits) / len(hits)
+    for kind in PROBES:
+        probes = [r for r in records.get("yesno", []) if r["id"].endswith(f"-{kind}")]
+        if probes:
+            out[("yesno", kind)] = _accuracy("yesno", probes, answer)
+    return out
+
+
+def breakdown(root: str | Path) -> dict[str, dict[tuple[str, str], tuple[float, float, int]]]:
+    """Per configuration and column: (trained mean, blind mean, seeds) over the runs below ``root``."""
+    paths = sorted(Path(root).rglob("predictions.jsonl"))
+    if not paths:
+        raise FileNotFoundError(f"no predictions.jsonl below {root}")
+    runs: dict[str, list[Path]] = defaultdict(list)
+    for path in paths:
+        runs[configuration_of({"_path": str(path)})].append(path)
+    table = {}
+    for name, run_paths in sorted(runs.items()):
+        trained = [run_breakdown(p) for p in run_paths]
+        blind = [run_breakdown(p, "blind_prediction") for p in run_paths]
+        table[name] = {column: (statistics.fmean(t[column] for t in trained),
+                                statistics.fmean(b[column] for b in blind), len(trained))
+                       for column in COLUMNS if all(column in t for t in trained)}
+    return table
+
+
+def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]]) -> str:
+    header = ["configuration", "seeds", *(TITLES[column] for column in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, cells in table.items():
+        seeds = {n for _, _, n in cells.values()}
+        row = [name, ",".join(map(str, sorted(seeds)))]
+        row += [f"{cells[c][0]:.1f} ({cells[c][1]:.1f})" if c in cells else "—" for c in COLUMNS]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Percent, mean over seeds; in brackets the blind twin (perception zeroed). Conversation: "
+              "accuracy of the turn scored on that attribute. Caption: captions naming the image's value "
+              "and no other. Yes/no: accuracy on probes of a present (yes) or absent (no) shape or colour."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", help="folder with <configuration>/seed<N>/predictions.jsonl")
+    parser.add_argument("--out", help="write the Markdown table here as well")
+    args = parser.parse_args(argv)
+    markdown = to_markdown(breakdown(args.runs))
+    print(markdown, end="")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()

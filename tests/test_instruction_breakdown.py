@@ -1,0 +1,78 @@
+"""The colour/shape breakdown of the instruction comparison (experiments/paper/instruction/breakdown.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "experiments/paper/instruction/breakdown.py"
+spec = importlib.util.spec_from_file_location("breakdown", PATH)
+breakdown = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(breakdown)
+
+
+def _conversation(image, attribute, answer, prediction, blind):
+    return {"id": f"test-conversation-{image}-{attribute}", "prediction": prediction, "blind_prediction": blind,
+            "references": [answer], "meta": {"task": "conversation", "turns": 3, "scored": attribute}}
+
+
+def _caption(image, reference, prediction, blind):
+    return {"id": f"test-caption-{image}", "prediction": prediction, "blind_prediction": blind,
+            "references": [reference], "meta": {"task": "caption", "objects": [reference.split()[-1]]}}
+
+
+def _probe(image, kind, prediction, blind):
+    return {"id": f"test-yesno-random-{image}-{kind}", "prediction": prediction, "blind_prediction": blind,
+            "references": [kind.split("-")[1]], "meta": {"task": "yesno", "group": "random"}}
+
+
+def _write(folder: Path, records) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_run_breakdown_separates_colour_from_shape(tmp_path):
+    records = [_conversation(1, "color", "red", "red", "blue"), _conversation(1, "shape", "circle", "Circle.", "circle"),
+               _conversation(2, "color", "blue", "green", "blue"), _conversation(2, "shape", "triangle", "circle", "circle"),
+               _caption(1, "a red circle", "a red circle", "a blue circle"),
+               _caption(2, "a blue triangle", "a blue or red triangle", "a blue circle"),
+               *[_probe(1, kind, "Yes", "no") for kind in breakdown.PROBES]]
+    path = _write(tmp_path / "llava-default" / "seed0", records)
+    trained = breakdown.run_breakdown(path)
+    assert trained[("conversation", "color")] == 50.0 and trained[("conversation", "shape")] == 50.0
+    assert trained[("caption", "color")] == 50.0  # "blue or red" names another colour too
+    assert trained[("caption", "shape")] == 100.0
+    # always "yes": right on every present probe, wrong on every absent one
+    assert [trained[("yesno", p)] for p in breakdown.PROBES] == [100.0, 0.0, 100.0, 0.0]
+    blind = breakdown.run_breakdown(path, "blind_prediction")
+    assert blind[("conversation", "color")] == 50.0 and blind[("conversation", "shape")] == 50.0
+    assert blind[("caption", "color")] == 50.0 and blind[("caption", "shape")] == 50.0
+    assert [blind[("yesno", p)] for p in breakdown.PROBES] == [0.0, 100.0, 0.0, 100.0]
+
+
+def test_breakdown_averages_seeds_per_configuration(tmp_path):
+    _write(tmp_path / "blip2-default" / "seed0", [_conversation(1, "color", "red", "red", "red")])
+    _write(tmp_path / "blip2-default" / "seed1", [_conversation(1, "color", "red", "blue", "red")])
+    _write(tmp_path / "llava-default" / "seed0", [_conversation(1, "color", "red", "red", "blue")])
+    table = breakdown.breakdown(tmp_path)
+    assert table["blip2-default"][("conversation", "color")] == (50.0, 100.0, 2)
+    assert table["llava-default"][("conversation", "color")] == (100.0, 0.0, 1)
+    assert ("caption", "color") not in table["blip2-default"]  # no captions: no column, not 0
+    markdown = breakdown.to_markdown(table)
+    assert "| blip2-default | 2 | 50.0 (100.0) | — |" in markdown
+
+
+def test_bad_input_names_the_file_and_record(tmp_path):
+    path = _write(tmp_path / "a" / "seed0", [_caption(7, "a shape", "a red circle", "a red circle")])
+    with pytest.raises(ValueError, match=r"predictions.jsonl: test-caption-7: reference 'a shape' names no color"):
+        breakdown.run_breakdown(path)
+    probe = _probe(1, "shape-yes", "yes", "no")
+    del probe["blind_prediction"]
+    path = _write(tmp_path / "b" / "seed0", [probe])
+    with pytest.raises(ValueError, match=r"predictions.jsonl:1: record 'test-yesno-random-1-shape-yes' has no 'blind_prediction'"):
+        breakdown.run_breakdown(path, "blind_prediction")
+    with pytest.raises(FileNotFoundError, match="no predictions.jsonl"):
+        breakdown.breakdown(tmp_path / "empty")
