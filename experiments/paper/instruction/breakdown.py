@@ -5,7 +5,7 @@ and the blind answer of every record) and reports per configuration, as the mean
 each run's percentage, the trained value and its blind twin (perception zeroed):
 
 * conversation: accuracy of the last turns scored on the colour and on the shape (the family's own
-  metric, easy-VQA answer normalisation);
+  metric, official VQA answer normalisation);
 * caption: the share of captions that name the image's colour (resp. shape) and no other;
 * yes/no: accuracy per probe kind, the shape or colour present (answer "yes") or absent ("no").
   A system that says "yes" whatever it sees scores 100 on "present" and 0 on "absent".
