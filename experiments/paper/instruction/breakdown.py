@@ -38,13 +38,18 @@ TITLES = {**{("conversation", a): f"conversation {a}" for a in VALUES},
           ("yesno", "color-yes"): "yes/no color present", ("yesno", "color-no"): "yes/no color absent"}
 
 
+def _named(text: str, attribute: str) -> set[str]:
+    """The values of ``attribute`` ("color" or "shape") that ``text`` names."""
+    return set(re.findall(r"[a-z]+", text.lower())) & set(VALUES[attribute])
+
+
 def names_only(text: str, value: str, attribute: str) -> bool:
-    """Whether ``text`` names ``value`` and no other value of ``attribute`` ("color" or "shape")."""
-    return set(re.findall(r"[a-z]+", text.lower())) & set(VALUES[attribute]) == {value}
+    """Whether ``text`` names ``value`` and no other value of ``attribute``."""
+    return _named(text, attribute) == {value}
 
 
 def _true_value(reference: str, attribute: str, where: str) -> str:
-    named = set(re.findall(r"[a-z]+", reference.lower())) & set(VALUES[attribute])
+    named = _named(reference, attribute)
     if len(named) != 1:
         raise ValueError(f"{where}: reference {reference!r} names {sorted(named) or 'no'} {attribute}; "
                          f"expected one of {list(VALUES[attribute])}")
@@ -58,12 +63,16 @@ def _accuracy(task: str, records: list[dict[str, Any]], answer: str) -> float:
     return 100 * metrics["accuracy"]
 
 
-def run_breakdown(path: str | Path, answer: str = "prediction") -> dict[tuple[str, str], float]:
-    """One run's percentages per (family, column) from its ``predictions.jsonl``; ``answer`` is
-    ``"prediction"`` (trained) or ``"blind_prediction"``."""
+def _load(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def run_breakdown(path: str | Path, answer: str = "prediction",
+                  lines: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], float]:
+    """One run's percentages per (family, column) from its ``predictions.jsonl`` (``lines``: its
+    records, when already read); ``answer`` is ``"prediction"`` (trained) or ``"blind_prediction"``."""
     records = defaultdict(list)
-    for line_number, line in enumerate(Path(path).read_text().splitlines(), 1):
-        record = json.loads(line)
+    for line_number, record in enumerate(_load(path) if lines is None else lines, 1):
         if answer not in record:
             raise ValueError(f"{path}:{line_number}: record {record.get('id')!r} has no {answer!r}")
         records[record["meta"]["task"]].append(record)
@@ -95,8 +104,9 @@ def breakdown(root: str | Path) -> dict[str, dict[tuple[str, str], tuple[float, 
         runs[configuration_of({"_path": str(path)})].append(path)
     table = {}
     for name, run_paths in sorted(runs.items()):
-        trained = [run_breakdown(p) for p in run_paths]
-        blind = [run_breakdown(p, "blind_prediction") for p in run_paths]
+        lines = [_load(p) for p in run_paths]
+        trained = [run_breakdown(p, "prediction", records) for p, records in zip(run_paths, lines)]
+        blind = [run_breakdown(p, "blind_prediction", records) for p, records in zip(run_paths, lines)]
         table[name] = {column: (statistics.fmean(t[column] for t in trained),
                                 statistics.fmean(b[column] for b in blind), len(trained))
                        for column in COLUMNS if all(column in t for t in trained)}
