@@ -24,7 +24,7 @@ def _caption(image, reference, prediction, blind):
 
 def _probe(image, kind, prediction, blind):
     return {"id": f"test-yesno-random-{image}-{kind}", "prediction": prediction, "blind_prediction": blind,
-            "references": [kind.split("-")[1]], "meta": {"task": "yesno", "group": "random"}}
+            "references": [kind.split("-")[1]], "meta": {"task": "yesno", "group": "random", "probe": kind}}
 
 
 def _write(folder: Path, records) -> Path:
@@ -74,5 +74,11 @@ def test_bad_input_names_the_file_and_record(tmp_path):
     path = _write(tmp_path / "b" / "seed0", [probe])
     with pytest.raises(ValueError, match=r"predictions.jsonl:1: record 'test-yesno-random-1-shape-yes' has no 'blind_prediction'"):
         breakdown.run_breakdown(path, "blind_prediction")
+    probe = _probe(2, "shape-no", "no", "no")
+    del probe["meta"]["probe"]
+    path = _write(tmp_path / "c" / "seed0", [_probe(1, "color-no", "no", "no"), probe])
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: yes/no record 'test-yesno-random-2-shape-no' has meta "
+                                         r"probe None; valid: \['shape-yes', 'shape-no', 'color-yes', 'color-no'\]"):
+        breakdown.run_breakdown(path)
     with pytest.raises(FileNotFoundError, match="no predictions.jsonl"):
         breakdown.breakdown(tmp_path / "empty")

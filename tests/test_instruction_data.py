@@ -181,6 +181,8 @@ def test_easy_instruct_is_deterministic_and_balanced():
             question = record["conversations"][0]["value"]
             present = f"a {shape} " in question or f"a {color} shape" in question
             assert present == (record["conversations"][1]["value"] == "yes"), question
+            attribute, answer = record["meta"]["probe"].split("-")  # the probe kind names both
+            assert answer == record["conversations"][1]["value"] and (attribute == "color") == ("shape in" in question)
     assert negatives["adversarial"] != negatives["random"] and negatives["popular"] != negatives["random"]
     assert negatives["adversarial"] != negatives["popular"]
     for record in (r for r in first if r["meta"]["task"] == "mcq"):

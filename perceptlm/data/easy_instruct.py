@@ -16,7 +16,8 @@ records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
   seeded distractors); the answer is the letter (ScienceQA-style prompt, LLaVA-1.5 suffix).
 * ``yesno``: POPE-style probes (Li et al. 2023, "Evaluating Object Hallucination in Large
   Vision-Language Models"), per image two present ("yes") and two absent ("no") probes, one about
-  the shape and one about the colour, so every subset is exactly 50/50. Absent ones by ``pope``:
+  the shape and one about the colour, so every subset is exactly 50/50 (``meta["probe"]``:
+  ``shape-yes``, ``shape-no``, ``color-yes``, ``color-no``). Absent ones by ``pope``:
   ``random`` (uniform over absent shapes/colours), ``popular`` (the most frequent absent ones in the
   split), ``adversarial`` (the absent ones co-occurring most often with the present shape/colour).
 * ``caption``: a caption instruction (seeded choice) -> "a red circle"; CHAIR over the shapes.
@@ -202,7 +203,7 @@ def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random") -
         for name, question, answer in probes:
             out.append(_record(f"{split}-yesno-{subset}-{fact.image_id}-{name}", fact.image_id,
                                [("human", f"{IMAGE}\n{question}"), ("gpt", answer)],
-                               {"task": "yesno", "group": subset}))
+                               {"task": "yesno", "group": subset, "probe": name}))
     return out
 
 

@@ -7,7 +7,8 @@ each run's percentage, the trained value and its blind twin (perception zeroed):
 * conversation: accuracy of the last turns scored on the colour and on the shape (the family's own
   metric, official VQA answer normalisation);
 * caption: the share of captions that name the image's colour (resp. shape) and no other;
-* yes/no: accuracy per probe kind, the shape or colour present (answer "yes") or absent ("no").
+* yes/no: accuracy per probe kind (``meta["probe"]``), the shape or colour present (answer "yes")
+  or absent ("no").
   A system that says "yes" whatever it sees scores 100 on "present" and 0 on "absent".
 
     python experiments/paper/instruction/breakdown.py runs/instruction \
@@ -75,6 +76,9 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
     for line_number, record in enumerate(_load(path) if lines is None else lines, 1):
         if answer not in record:
             raise ValueError(f"{path}:{line_number}: record {record.get('id')!r} has no {answer!r}")
+        if record["meta"]["task"] == "yesno" and record["meta"].get("probe") not in PROBES:
+            raise ValueError(f"{path}:{line_number}: yes/no record {record.get('id')!r} has meta probe "
+                             f"{record['meta'].get('probe')!r}; valid: {list(PROBES)}")
         records[record["meta"]["task"]].append(record)
     out = {}
     for attribute in VALUES:
@@ -88,7 +92,7 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
         if hits:
             out[("caption", attribute)] = 100 * sum(hits) / len(hits)
     for kind in PROBES:
-        probes = [r for r in records.get("yesno", []) if r["id"].endswith(f"-{kind}")]
+        probes = [r for r in records.get("yesno", []) if r["meta"]["probe"] == kind]
         if probes:
             out[("yesno", kind)] = _accuracy("yesno", probes, answer)
     return out
