@@ -63,6 +63,7 @@ VARIANTS: dict[str, Variant] = {
     "instruct-50pct": Variant(instruct_data=0.5),
     "instruct-400pct": Variant(instruct_data=4.0),
     "align-10pct": Variant(align_data=0.1),
+    "align-400pct": Variant(align_data=4.0),
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
     "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
     "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
