@@ -11,7 +11,7 @@ seed folders), the family's metrics and the blind baseline's (perception zeroed)
 points; hallucination (yes/no F1 and yes-ratio, CHAIR-i/-s) has its own columns. Written as
 Markdown and CSV, and as a PNG of each configuration's gap over blind per family.
 
-    perceptlm report RUNS_DIR [--metric accuracy] [--out report]
+    perceptlm report RUNS_DIR [RUNS_DIR ...] [--metric accuracy] [--out report]
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 DEFAULT_METRICS = ("cider", "accuracy", "spider")
 
 
-def load_results(root: str | Path) -> list[dict[str, Any]]:
-    """Every ``results.json`` below ``root``; a file that is not valid JSON is an error naming it."""
+def load_results(*roots: str | Path) -> list[dict[str, Any]]:
+    """Every ``results.json`` below the ``roots``; a file that is not valid JSON is an error naming it."""
     results = []
-    for path in sorted(Path(root).rglob("results.json")):
+    for path in sorted({p for root in roots for p in Path(root).rglob("results.json")}):
         try:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as error:
@@ -38,7 +38,7 @@ def load_results(root: str | Path) -> list[dict[str, Any]]:
         record["_path"] = str(path)
         results.append(record)
     if not results:
-        raise FileNotFoundError(f"no results.json below {root}")
+        raise FileNotFoundError(f"no results.json below {', '.join(map(str, roots))}")
     return results
 
 
@@ -248,11 +248,11 @@ def write_instruction_report(report: dict[str, Any], out: str | Path) -> list[Pa
 
 def main(args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="perceptlm report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", help="folder searched for results.json files")
+    parser.add_argument("runs", nargs="+", help="folder(s) searched for results.json files")
     parser.add_argument("--metric", action="append", help="metric key(s) to read, in order of preference")
     parser.add_argument("--out", default="report", help="output path without suffix")
     options = parser.parse_args(args)
-    results = load_results(options.runs)
+    results = load_results(*options.runs)
     if all(r.get("task") == "instruct" for r in results) and not options.metric:
         report = aggregate_instruction(results)
         paths = write_instruction_report(report, options.out)

@@ -56,8 +56,8 @@ def test_run_breakdown_separates_colour_from_shape(tmp_path):
 def test_breakdown_averages_seeds_per_configuration(tmp_path):
     _write(tmp_path / "blip2-default" / "seed0", [_conversation(1, "color", "red", "red", "red")])
     _write(tmp_path / "blip2-default" / "seed1", [_conversation(1, "color", "red", "blue", "red")])
-    _write(tmp_path / "llava-default" / "seed0", [_conversation(1, "color", "red", "red", "blue")])
-    table = breakdown.breakdown(tmp_path)
+    _write(tmp_path / "other" / "llava-default" / "seed0", [_conversation(1, "color", "red", "red", "blue")])
+    table = breakdown.breakdown(tmp_path / "blip2-default", tmp_path / "other")
     assert table["blip2-default"][("conversation", "color")] == (50.0, 100.0, 2)
     assert table["llava-default"][("conversation", "color")] == (100.0, 0.0, 1)
     assert ("caption", "color") not in table["blip2-default"]  # no captions: no column, not 0

@@ -43,6 +43,17 @@ def test_fraction_is_its_own_column_and_files_are_written(tmp_path, capsys):
         assert (tmp_path / "out" / f"table{suffix}").stat().st_size > 0
 
 
+def test_several_run_folders_make_one_table(tmp_path, capsys):
+    _write(tmp_path / "a", "qp", "coco", 0, 1.3)
+    _write(tmp_path / "b", "qp", "coco", 1, 1.1)
+    # a folder inside another is read once
+    assert len(load_results(tmp_path / "a", tmp_path / "b", tmp_path / "b" / "qp-coco-None-1")) == 2
+    main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out" / "table")])
+    assert "| 1 | qp | 120.00 ± 14.14 (n=2) | 100.0 |" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="no results.json below .*c, .*d"):
+        load_results(tmp_path / "c", tmp_path / "d")
+
+
 def test_bad_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_results(tmp_path)

@@ -11,7 +11,7 @@ each run's percentage, the trained value and its blind twin (perception zeroed):
   or absent ("no").
   A system that says "yes" whatever it sees scores 100 on "present" and 0 on "absent".
 
-    python experiments/paper/instruction/breakdown.py runs/instruction \
+    python experiments/paper/instruction/breakdown.py RUNS_DIR [RUNS_DIR ...] \
         [--out experiments/paper/instruction/results/breakdown.md]
 """
 
@@ -98,11 +98,11 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
     return out
 
 
-def breakdown(root: str | Path) -> dict[str, dict[tuple[str, str], tuple[float, float, int]]]:
-    """Per configuration and column: (trained mean, blind mean, seeds) over the runs below ``root``."""
-    paths = sorted(Path(root).rglob("predictions.jsonl"))
+def breakdown(*roots: str | Path) -> dict[str, dict[tuple[str, str], tuple[float, float, int]]]:
+    """Per configuration and column: (trained mean, blind mean, seeds) over the runs below the ``roots``."""
+    paths = sorted({p for root in roots for p in Path(root).rglob("predictions.jsonl")})
     if not paths:
-        raise FileNotFoundError(f"no predictions.jsonl below {root}")
+        raise FileNotFoundError(f"no predictions.jsonl below {', '.join(map(str, roots))}")
     runs: dict[str, list[Path]] = defaultdict(list)
     for path in paths:
         runs[configuration_of({"_path": str(path)})].append(path)
@@ -133,10 +133,10 @@ def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", help="folder with <configuration>/seed<N>/predictions.jsonl")
+    parser.add_argument("runs", nargs="+", help="folder(s) with <configuration>/seed<N>/predictions.jsonl")
     parser.add_argument("--out", help="write the Markdown table here as well")
     args = parser.parse_args(argv)
-    markdown = to_markdown(breakdown(args.runs))
+    markdown = to_markdown(breakdown(*args.runs))
     print(markdown, end="")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
