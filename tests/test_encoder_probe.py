@@ -21,6 +21,18 @@ def test_probe_separates_separable_classes_and_not_random_labels():
     assert encoder_probe.probe(points[:300], shuffled[:300], points[300:], shuffled[300:], 4) < 0.5
 
 
+def test_budget_probe_learns_separable_classes_within_its_steps_and_not_random_labels():
+    generator = torch.Generator().manual_seed(1)
+    centres = torch.randn(4, 16, generator=generator)
+    labels = torch.randint(0, 4, (400,), generator=generator)
+    points = centres[labels] + 0.1 * torch.randn(400, 16, generator=generator)
+    train, test = slice(0, 300), slice(300, 400)
+    assert encoder_probe.budget_probe(points[train], labels[train], points[test], labels[test], 4) > 0.95
+    assert encoder_probe.budget_probe(points[train], labels[train], points[test], labels[test], 4, steps=1) < 0.6
+    shuffled = labels[torch.randperm(400, generator=generator)]
+    assert encoder_probe.budget_probe(points[train], shuffled[train], points[test], shuffled[test], 4) < 0.5
+
+
 def test_pooled_features_are_the_mean_of_the_final_map_of_known_images():
     from perceptlm.encoders.efficientnet import efficientnet_lite0_encoder
 
