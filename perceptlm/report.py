@@ -27,18 +27,25 @@ from typing import Any
 DEFAULT_METRICS = ("cider", "accuracy", "spider")
 
 
+def files_below(name: str, *roots: str | Path) -> list[Path]:
+    """Every file called ``name`` below the ``roots``, sorted, each once (a root inside another adds
+    nothing); none at all is an error naming the roots."""
+    paths = sorted({path for root in roots for path in Path(root).rglob(name)})
+    if not paths:
+        raise FileNotFoundError(f"no {name} below {', '.join(map(str, roots))}")
+    return paths
+
+
 def load_results(*roots: str | Path) -> list[dict[str, Any]]:
     """Every ``results.json`` below the ``roots``; a file that is not valid JSON is an error naming it."""
     results = []
-    for path in sorted({p for root in roots for p in Path(root).rglob("results.json")}):
+    for path in files_below("results.json", *roots):
         try:
             record = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: invalid JSON ({error})") from None
         record["_path"] = str(path)
         results.append(record)
-    if not results:
-        raise FileNotFoundError(f"no results.json below {', '.join(map(str, roots))}")
     return results
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from perceptlm.data.easyvqa import COLORS, SHAPES
 from perceptlm.eval.scoring import score_instruction
-from perceptlm.report import configuration_of
+from perceptlm.report import configuration_of, files_below
 
 VALUES = {"color": COLORS, "shape": SHAPES}
 PROBES = ("shape-yes", "shape-no", "color-yes", "color-no")
@@ -100,11 +100,8 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
 
 def breakdown(*roots: str | Path) -> dict[str, dict[tuple[str, str], tuple[float, float, int]]]:
     """Per configuration and column: (trained mean, blind mean, seeds) over the runs below the ``roots``."""
-    paths = sorted({p for root in roots for p in Path(root).rglob("predictions.jsonl")})
-    if not paths:
-        raise FileNotFoundError(f"no predictions.jsonl below {', '.join(map(str, roots))}")
     runs: dict[str, list[Path]] = defaultdict(list)
-    for path in paths:
+    for path in files_below("predictions.jsonl", *roots):
         runs[configuration_of({"_path": str(path)})].append(path)
     table = {}
     for name, run_paths in sorted(runs.items()):
