@@ -165,6 +165,18 @@ FAMILIES: dict[str, list[tuple[str, str]]] = {
     "yesno": [("accuracy", "yesno_accuracy"), ("F1", "yesno_f1"), ("yes-ratio", "yesno_yes_ratio")],
     "caption": [("CIDEr", "caption_cider"), ("CHAIR-i", "caption_chair_i"), ("CHAIR-s", "caption_chair_s")],
 }
+# Further metrics compared with their blind twin, as "blind (name)" and "gap (name)" columns where any
+# run has the twin: multiple choice by option likelihood, which does not need the LLM to bind letters.
+MORE_GAPS: dict[str, list[tuple[str, str]]] = {"mcq": [("likelihood", "accuracy_likelihood")]}
+
+
+def _blind_and_gap(records: list[dict[str, Any]], key: str) -> tuple[Any, Any]:
+    """(blind, gap) statistics of ``key`` over the records that have its ``blind_`` twin, in points."""
+    paired = [r for r in records if r.get(key) is not None and r.get("blind_" + key) is not None]
+    if not paired:
+        return None, None
+    return (_stats([100 * float(r["blind_" + key]) for r in paired]),
+            _stats([100 * (float(r[key]) - float(r["blind_" + key])) for r in paired]))
 
 
 def configuration_of(record: dict[str, Any]) -> str:
@@ -193,14 +205,14 @@ def aggregate_instruction(results: list[dict[str, Any]]) -> dict[str, Any]:
                 values = [100 * float(r[key]) for r in with_family if r.get(key) is not None]
                 values = [v for v in values if v == v]  # CHAIR is nan without any mention
                 cells[title] = _stats(values) if values else None
-            blind = [100 * float(r["blind_" + headline]) for r in with_family if r.get("blind_" + headline) is not None]
-            gaps = [100 * (float(r[headline]) - float(r["blind_" + headline])) for r in with_family
-                    if r.get("blind_" + headline) is not None]
-            cells["blind"] = _stats(blind) if blind else None
-            cells["gap"] = _stats(gaps) if gaps else None
+            cells["blind"], cells["gap"] = _blind_and_gap(with_family, headline)
+            for title, key in MORE_GAPS.get(family, []):
+                cells[f"blind ({title})"], cells[f"gap ({title})"] = _blind_and_gap(with_family, key)
             rows.append({"configuration": name, "cells": cells})
         if rows:
-            tables[family] = {"columns": [t for t, _ in columns] + ["blind", "gap"], "rows": rows}
+            more = [f"{kind} ({title})" for title, _ in MORE_GAPS.get(family, []) for kind in ("blind", "gap")]
+            more = [c for c in more if any(row["cells"][c] is not None for row in rows)]
+            tables[family] = {"columns": [t for t, _ in columns] + ["blind", "gap", *more], "rows": rows}
     return {"families": tables}
 
 
@@ -220,7 +232,8 @@ def instruction_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {row['configuration']} | " + " | ".join(_cell(row["cells"][c]) for c in table["columns"]) + " |")
         lines.append("")
     lines.append("Values x 100 (CIDEr x 100); blind = the family's first metric with perception zeroed; gap = "
-                 "that metric minus blind, in points; mean ± std over seeds when n > 1.")
+                 "that metric minus blind, in points (blind / gap (likelihood): the same for multiple choice by "
+                 "option likelihood); mean ± std over seeds when n > 1.")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ from perceptlm.data.chat import chat_template, encode, end_of_turn_ids
 from perceptlm.data.easy_instruct import attributes, easy_instruct_records, image_facts
 from perceptlm.data.easyvqa import default_root
 from perceptlm.data.instruction import CAPTION_INSTRUCTIONS, InstructionCollator, captions_to_instructions, instruction_sample
-from perceptlm.eval.likelihood import option_loglikelihood_choice
+from perceptlm.eval.likelihood import option_loglikelihood_choice, option_loglikelihoods
 from perceptlm.modules.evaluation import score
 from perceptlm.zoo import tiny_tokenizer
 
@@ -295,9 +295,15 @@ def test_option_likelihood_picks_the_most_likely_option():
         """Logits that favour token t+1 after token t (vocabulary 300)."""
 
         tokenizer = list(range(300))
+        blind_calls = []
 
-        def forward(self, media, input_ids, attention_mask):
+        def forward(self, media, input_ids, attention_mask, instruction, blind):
             assert media.shape[0] == input_ids.shape[0]
+            # the head is instructed by each pair's prompt, as in generation (not by the option)
+            assert torch.equal(instruction[0], input_ids[:, : instruction[0].shape[1]])
+            assert torch.equal(instruction[1], attention_mask[:, : instruction[0].shape[1]])
+            assert instruction[0].shape[1] == 4
+            self.blind_calls.append(blind)
             logits = torch.zeros(*input_ids.shape, 300)
             logits.scatter_(-1, ((input_ids + 1) % 300).unsqueeze(-1), 10.0)
             return logits
@@ -306,8 +312,62 @@ def test_option_likelihood_picks_the_most_likely_option():
     batch = {"ids": ["a", "b", "c"], "media": torch.zeros(3, 1), "prompt_ids": torch.cat([prompt_ids, prompt_ids[:1]]),
              "prompt_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]),
              "option_ids": [[[9], [7, 8, 9]], [[44], [41], [41, 42]], []]}
-    assert option_loglikelihood_choice(NextIsPlusOne(), batch) == [1, 1, None]
-    assert option_loglikelihood_choice(NextIsPlusOne(), batch, max_logits=1) == [1, 1, None]  # one pair per forward
+    model = NextIsPlusOne()
+    assert option_loglikelihood_choice(model, batch) == [1, 1, None]
+    assert option_loglikelihood_choice(model, batch, max_logits=1) == [1, 1, None]  # one pair per forward
+    assert model.blind_calls == [False] * 6
+    assert option_loglikelihood_choice(model, batch, blind=True) == [1, 1, None]
+    assert model.blind_calls[6:] == [True]
+
+
+def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny_encoder, tiny_llm):
+    """InstructBLIP's Q-Former reads the prompt when options are scored, as in training and generation;
+    ``blind`` scores with the perceptual tokens zeroed."""
+    from perceptlm import presets
+
+    module = presets.build("instructblip", tiny_encoder, tiny_llm, stage="instruct",
+                           connector={"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in module.connector.parameters():
+            parameter.normal_(0, 0.5)  # an instruction projection that matters
+    dm = EasyInstructDataModule(family="mcq", test_images=2, eval_batch_size=8, system="")
+    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    prompt_ids, prompt_mask, width = batch["prompt_ids"], batch["prompt_mask"], batch["prompt_ids"].shape[1]
+
+    def scores(instructed=True, blind=False):
+        """Per sample, each option's summed log-likelihood, one (prompt, option) pair per call."""
+        out = []
+        for i, options in enumerate(batch["option_ids"]):
+            prompt = (prompt_ids[i : i + 1], prompt_mask[i : i + 1])
+            row = []
+            for option in options:
+                ids = torch.cat([prompt[0], torch.tensor([option])], 1)
+                mask = torch.cat([prompt[1], torch.ones(1, len(option), dtype=torch.long)], 1)
+                where = {"media_position": batch["media_position"][i : i + 1]} if "media_position" in batch else {}
+                with torch.no_grad():
+                    logits = module(batch["media"][i : i + 1], ids, mask, instruction=prompt if instructed else None,
+                                    blind=blind, **where)
+                logprobs = logits[0, width - 1 : -1].log_softmax(-1)
+                row.append(float(logprobs.gather(-1, torch.tensor(option)[:, None]).sum()))
+            out.append(row)
+        return out
+
+    def best(rows):
+        return [max(range(len(r)), key=lambda k: (r[k], -k)) for r in rows]
+
+    def flat(rows):
+        return [x for row in rows for x in row]
+
+    instructed, uninstructed, blind = scores(), scores(instructed=False), scores(blind=True)
+    assert len(instructed) == 6 and flat(instructed) != pytest.approx(flat(uninstructed), abs=1e-3)  # the head reads it
+    assert flat(option_loglikelihoods(module, batch)) == pytest.approx(flat(instructed), abs=1e-4)
+    assert option_loglikelihood_choice(module, batch) == best(instructed)
+    assert flat(blind) != pytest.approx(flat(instructed), abs=1e-3)
+    assert flat(option_loglikelihoods(module, batch, blind=True)) == pytest.approx(flat(blind), abs=1e-4)
+    assert option_loglikelihood_choice(module, batch, blind=True) == best(blind)
 
 
 def test_flickr30k_nocaps_and_chair(tmp_path):
@@ -368,14 +428,16 @@ def test_cli_fit_and_validate_on_easy_instruct(tmp_path):
     cli(["fit", *args, "--trainer.limit_val_batches", "0"])
     checkpoint = glob.glob(str(tmp_path / "**" / "*.ckpt"), recursive=True)
     assert checkpoint and torch.load(checkpoint[0], weights_only=True)["global_step"] == 2
-    run = cli(["validate", *args, "--ckpt_path", checkpoint[0]])
+    run = cli(["validate", *args, "--ckpt_path", checkpoint[0], "--model.init_args.eval_blind", "true"])
     metrics = {k: float(v) for k, v in run.trainer.callback_metrics.items()}
     expected = EasyInstructDataModule(val_images=2).records("val")
     assert metrics["val/num_samples"] == len(expected)
     for key in ("mcq_accuracy", "yesno_accuracy", "yesno_f1", "conversation_accuracy", "caption_cider",
-                "accuracy_likelihood", "mcq_color_accuracy"):
+                "accuracy_likelihood", "mcq_color_accuracy", "blind_mcq_accuracy", "blind_accuracy_likelihood"):
         assert f"val/{key}" in metrics, key
-    assert 0.0 <= metrics["val/accuracy_likelihood"] <= 1.0
+    mcq = sum(r["meta"]["task"] == "mcq" for r in expected)  # a choice is right or wrong on each question
+    assert metrics["val/accuracy_likelihood"] * mcq == pytest.approx(round(metrics["val/accuracy_likelihood"] * mcq))
+    assert metrics["val/blind_accuracy_likelihood"] * mcq == pytest.approx(round(metrics["val/blind_accuracy_likelihood"] * mcq))
 
 
 @pytest.mark.parametrize("name, cls", [("easy_instruct", "EasyInstructDataModule"), ("llava_instruct", "LLaVAInstructDataModule"),

@@ -75,7 +75,7 @@ def test_instruction_report_per_family_with_blind_gap_and_hallucination(tmp_path
     runs = tmp_path / "runs"
     for seed, (mcq, blind_mcq) in enumerate([(0.9, 0.3), (0.8, 0.4)]):
         _write_instruct(runs, "llava-default", seed, mcq_accuracy=mcq, blind_mcq_accuracy=blind_mcq,
-                        accuracy_likelihood=0.95, yesno_accuracy=0.7, blind_yesno_accuracy=0.5, yesno_f1=0.6,
+                        accuracy_likelihood=0.95, blind_accuracy_likelihood=0.25 + 0.1 * seed, yesno_accuracy=0.7, blind_yesno_accuracy=0.5, yesno_f1=0.6,
                         yesno_yes_ratio=0.3, caption_cider=2.5, blind_caption_cider=0.4,
                         caption_chair_i=float("nan") if seed else 0.1, caption_chair_s=0.2)
     _write_instruct(runs, "blip2-default", 0, mcq_accuracy=0.5, blind_mcq_accuracy=0.45)
@@ -85,6 +85,11 @@ def test_instruction_report_per_family_with_blind_gap_and_hallucination(tmp_path
     assert mcq["llava-default"]["accuracy (letter)"] == pytest.approx((85.0, 7.0710678, 2))
     assert mcq["llava-default"]["gap"][0] == pytest.approx(50.0)  # (60 + 40) / 2
     assert mcq["blip2-default"]["gap"] == pytest.approx((5.0, 0.0, 1))
+    assert mcq["llava-default"]["gap (likelihood)"][0] == pytest.approx(65.0)  # (70 + 60) / 2
+    assert mcq["llava-default"]["blind (likelihood)"][:2] == pytest.approx((30.0, 7.0710678))
+    assert mcq["blip2-default"]["gap (likelihood)"] is None  # no likelihood twin
+    assert report["families"]["mcq"]["columns"][-2:] == ["blind (likelihood)", "gap (likelihood)"]
+    assert "gap (likelihood)" not in report["families"]["yesno"]["columns"]
     caption = report["families"]["caption"]["rows"][0]["cells"]
     assert caption["CHAIR-i"] == pytest.approx((10.0, 0.0, 1))  # the nan of seed 1 (no mention) is left out
     assert caption["gap"][0] == pytest.approx(210.0)  # CIDEr x 100

@@ -1,8 +1,10 @@
 """Multiple choice by option likelihood (Garg & Bas 2023: multiple-choice questions "scored by option
 likelihood or by a generated letter"): the chosen option is the one whose answer tokens have the
 highest total log-likelihood under the model, given the same prompt (image included) the
-generation sees. Uses only the module's public ``forward(media, input_ids, attention_mask)`` (and its
-``media_position`` keyword when the batch has one).
+generation sees. Uses only the module's public ``forward(media, input_ids, attention_mask, instruction=,
+blind=)`` (and its ``media_position`` keyword when the batch has one): the prompt is the instruction an
+instruction-aware head reads, as in generation, and ``blind`` scores the blind baseline (perception
+zeroed).
 """
 
 from __future__ import annotations
@@ -28,10 +30,19 @@ def take_media(media: Any, index: Tensor) -> Any:
     raise TypeError(f"cannot select rows of media of type {type(media).__name__}")
 
 
-@torch.no_grad()
-def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: int = 2**26) -> list[int | None]:
+def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: int = 2**26,
+                                blind: bool = False) -> list[int | None]:
     """Per sample, the index of the option with the highest total log-likelihood (first on ties),
-    or None for a sample without options.
+    or None for a sample without options (arguments: :func:`option_loglikelihoods`)."""
+    return [max(range(len(s)), key=lambda k: (s[k], -k)) if s else None
+            for s in option_loglikelihoods(model, batch, max_logits, blind)]
+
+
+@torch.no_grad()
+def option_loglikelihoods(model: Any, batch: dict[str, Any], max_logits: int = 2**26,
+                          blind: bool = False) -> list[list[float]]:
+    """Per sample, each option's total log-likelihood (an empty list for a sample without options);
+    ``blind``: with the perceptual tokens zeroed.
 
     ``batch``: an evaluation batch of :class:`~perceptlm.data.instruction.InstructionCollator` with
     ``media``, left-padded ``prompt_ids`` / ``prompt_mask`` and ``option_ids`` (per sample, each
@@ -60,7 +71,8 @@ def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: i
         tail, tail_mask = tail.to(device), tail_mask.to(device)
         ids = torch.cat([prompt_ids[rows.to(device)], tail], dim=1)
         mask = torch.cat([prompt_mask[rows.to(device)], tail_mask], dim=1)
-        where = {}  # the prefix at the prompt's media position, as in generation
+        # as in generation: the prompt instructs the head, the prefix goes at the prompt's media position
+        where = {"instruction": (prompt_ids[rows.to(device)], prompt_mask[rows.to(device)]), "blind": blind}
         if batch.get("media_position") is not None:
             where["media_position"] = batch["media_position"][rows.to(batch["media_position"].device)]
         logits = model(take_media(batch["media"], rows), ids, mask, **where)
@@ -69,10 +81,4 @@ def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: i
         token_scores = predicted.gather(-1, tail.unsqueeze(-1)).squeeze(-1) * tail_mask
         for r, (i, j) in enumerate(part):
             scores[i][j] = float(token_scores[r].sum())
-    choices: list[int | None] = []
-    for sample_scores in scores:
-        if not sample_scores:
-            choices.append(None)
-        else:
-            choices.append(max(range(len(sample_scores)), key=lambda k: (sample_scores[k], -k)))
-    return choices
+    return scores

@@ -148,10 +148,11 @@ def score_instruction(task: str, predictions: Sequence[str], references: Sequenc
     return metrics
 
 
-def likelihood_accuracy(records: Sequence[dict[str, Any]]) -> float | None:
-    """Option-likelihood accuracy over evaluation records that carry a ``likelihood_choice``
-    (:func:`perceptlm.eval.likelihood.option_loglikelihood_choice`) and ``meta["answer_index"]``."""
-    scored = [r for r in records if r.get("likelihood_choice") is not None]
+def likelihood_accuracy(records: Sequence[dict[str, Any]], key: str = "likelihood_choice") -> float | None:
+    """Option-likelihood accuracy over evaluation records that carry a choice under ``key``
+    (:func:`perceptlm.eval.likelihood.option_loglikelihood_choice`; ``blind_likelihood_choice`` for
+    the blind baseline) and ``meta["answer_index"]``."""
+    scored = [r for r in records if r.get(key) is not None]
     if not scored:
         return None
-    return sum(int(r["likelihood_choice"]) == int(r["meta"]["answer_index"]) for r in scored) / len(scored)
+    return sum(int(r[key]) == int(r["meta"]["answer_index"]) for r in scored) / len(scored)

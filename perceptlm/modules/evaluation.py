@@ -78,11 +78,13 @@ class EvaluationMixin:
         where = {"media_position": batch.get("media_position")}
         predictions = self._decode(self.generate(*args, **where))
         blind = self._decode(self.generate(*args, blind=True, **where)) if self.hparams.eval_blind else None
-        choices = None
+        choices = blind_choices = None
         if "option_ids" in batch:  # multiple choice: also pick the most likely option
             from perceptlm.eval.likelihood import option_loglikelihood_choice
 
             choices = option_loglikelihood_choice(self, batch)
+            if self.hparams.eval_blind:
+                blind_choices = option_loglikelihood_choice(self, batch, blind=True)
         for i, sample_id in enumerate(batch["ids"]):
             record = {"id": sample_id, "media": batch["sources"][i],
                       "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
@@ -92,6 +94,8 @@ class EvaluationMixin:
                 record["meta"] = batch["meta"][i]
             if choices is not None:
                 record["likelihood_choice"] = choices[i]
+            if blind_choices is not None:
+                record["blind_likelihood_choice"] = blind_choices[i]
             self._records.append(record)
 
     def _eval_start(self) -> None:
@@ -114,6 +118,8 @@ class EvaluationMixin:
 
         if (accuracy := likelihood_accuracy(records)) is not None:  # multiple choice by option likelihood
             metrics["accuracy_likelihood"] = accuracy
+        if (accuracy := likelihood_accuracy(records, "blind_likelihood_choice")) is not None:
+            metrics["blind_accuracy_likelihood"] = accuracy
         metrics["num_samples"] = float(len(records))
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
         if self.trainer.is_global_zero:

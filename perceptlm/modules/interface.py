@@ -261,10 +261,11 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         return hidden, text_index
 
     def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor,
-                instruction: tuple[Tensor, Tensor] | None = None, media_position: Tensor | None = None) -> Tensor:
-        """Logits ``[B, T, V]`` over the text positions (``instruction``: see :meth:`perceive`;
+                instruction: tuple[Tensor, Tensor] | None = None, media_position: Tensor | None = None,
+                blind: bool = False) -> Tensor:
+        """Logits ``[B, T, V]`` over the text positions (``instruction``, ``blind``: see :meth:`perceive`;
         ``media_position``: see :meth:`_inputs`)."""
-        hidden, text_index = self._hidden(media, input_ids, attention_mask, instruction=instruction,
+        hidden, text_index = self._hidden(media, input_ids, attention_mask, blind=blind, instruction=instruction,
                                           media_position=media_position)
         if isinstance(text_index, int):
             return self.llm.logits(hidden[:, text_index:])
