@@ -231,6 +231,29 @@ def test_easy_instruct_text_oracle_states_the_truth_in_the_first_turn():
         assert after["conversations"][1:] == before["conversations"][1:] and after["meta"] == before["meta"]
 
 
+def test_easy_instruct_reasoned_yes_no_answers_state_the_image_and_read_as_their_label():
+    from perceptlm.metrics.functional import pope_answer_is_yes
+
+    dm = EasyInstructDataModule(test_images=10)
+    reasoned = EasyInstructDataModule(test_images=10, reasoned=True)
+    plain, changed = dm.records("train"), reasoned.records("train")
+    truth = {f"{f.image_id}.png": f"a {f.color} {f.shape}" for f in image_facts(default_root(), "train") if f.color}
+    assert len(plain) == len(changed)
+    probes = 0
+    for before, after in zip(plain, changed):
+        if before["meta"]["task"] != "yesno":
+            assert after == before
+            continue
+        probes += 1
+        label, answer = before["conversations"][1]["value"], after["conversations"][1]["value"]
+        assert answer == f"{truth[before['image']]}, so {label}."
+        assert pope_answer_is_yes(answer) == (label == "yes")  # POPE's rules read the reasoned answer as its label
+        assert after["conversations"][0] == before["conversations"][0] and after["meta"] == before["meta"]
+    assert probes == 4 * len(truth)
+    for split in ("val", "test"):  # evaluation references stay yes / no
+        assert reasoned.records(split) == dm.records(split)
+
+
 def test_pope_files_and_metrics(tmp_path):
     lines = {"random": [(1, "yes"), (2, "no"), (3, "yes")], "popular": [(1, "no"), (2, "yes"), (3, "no")],
              "adversarial": [(1, "yes"), (2, "no")]}

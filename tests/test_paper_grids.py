@@ -196,7 +196,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 45
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 48
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"

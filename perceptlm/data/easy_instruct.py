@@ -26,6 +26,12 @@ records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
 Generation is deterministic: choices are seeded by strings (split, family, image id), independent
 of the run's ``seed``.
 
+``reasoned=True`` changes the training answers of the ``yesno`` family only: the model states what it
+sees before it answers ("a yellow circle, so no."), so the comparison of the image with the word asked
+about becomes a comparison of two words of text. Evaluation references stay "yes" / "no", and POPE's
+rules read such an answer (its first sentence holds "no" or not). A control for where yes/no fails:
+seeing the attribute, or comparing it with the question.
+
 ``describe=True`` is a text oracle: the first user turn also states the image's colour and shape
 ("The image shows a red circle."), so a model trained and tested on it shows what perfect perception
 reaches with the same LLM, recipe and budget (records of images whose questions do not determine
@@ -189,7 +195,14 @@ def absent_choices(facts: list[ImageFacts], split: str, subset: str) -> dict[int
     return out
 
 
-def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random") -> list[dict[str, Any]]:
+def reasoned_answer(fact: ImageFacts, answer: str) -> str:
+    """A yes/no answer that first states what the image shows: "a yellow circle, so no."."""
+    return f"{fact.description}, so {answer}."
+
+
+def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random",
+                  reasoned: bool = False) -> list[dict[str, Any]]:
+    """POPE-style probes (module docstring); ``reasoned``: answers by :func:`reasoned_answer`."""
     absent = absent_choices(facts, split, subset)
     out = []
     for fact in facts:
@@ -201,8 +214,9 @@ def yesno_records(facts: list[ImageFacts], split: str, subset: str = "random") -
                   ("color-yes", f"Is there a {fact.color} shape in the image?", "yes"),
                   ("color-no", f"Is there a {no_color} shape in the image?", "no")]
         for name, question, answer in probes:
+            reply = reasoned_answer(fact, answer) if reasoned else answer
             out.append(_record(f"{split}-yesno-{subset}-{fact.image_id}-{name}", fact.image_id,
-                               [("human", f"{IMAGE}\n{question}"), ("gpt", answer)],
+                               [("human", f"{IMAGE}\n{question}"), ("gpt", reply)],
                                {"task": "yesno", "group": subset, "probe": name}))
     return out
 
@@ -233,11 +247,12 @@ def describe_image(records: list[dict[str, Any]], facts: list[ImageFacts]) -> li
 
 
 def easy_instruct_records(facts: list[ImageFacts], split: str, family: str = "all", pope: str = "random",
-                          turns: int = 3) -> list[dict[str, Any]]:
-    """The records of ``family`` (or ``all``) for these images, in LLaVA JSON format (+ meta, options)."""
+                          turns: int = 3, reasoned: bool = False) -> list[dict[str, Any]]:
+    """The records of ``family`` (or ``all``) for these images, in LLaVA JSON format (+ meta, options);
+    ``reasoned``: yes/no answers by :func:`reasoned_answer`."""
     builders = {"conversation": lambda: conversation_records(facts, split, turns),
                 "mcq": lambda: mcq_records(facts, split),
-                "yesno": lambda: yesno_records(facts, split, pope),
+                "yesno": lambda: yesno_records(facts, split, pope, reasoned),
                 "caption": lambda: caption_records(facts, split)}
     if family not in (*FAMILIES, "all"):
         raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
@@ -250,7 +265,8 @@ class EasyInstructDataModule(InstructionDataModule):
     Evaluation uses a fixed set of test-split images (``test_images``; validation the first
     ``val_images`` of the same choice, seed 0) with every record of those images, so yes/no stays
     50/50 and all families see the same images. ``fraction``/``limit`` subsample training records.
-    ``describe``: the text oracle (module docstring).
+    ``reasoned``: training yes/no answers that state the image first; ``describe``: the text oracle
+    (module docstring).
     """
 
     name = "easy-instruct"
@@ -258,7 +274,7 @@ class EasyInstructDataModule(InstructionDataModule):
 
     def __init__(self, data_root: str | None = None, family: str = "all", pope: str = "random", turns: int = 3,
                  test_images: int | None = 200, val_images: int | None = 50, task: str | None = None,
-                 max_length: int = 512, describe: bool = False, **kwargs: Any) -> None:
+                 max_length: int = 512, describe: bool = False, reasoned: bool = False, **kwargs: Any) -> None:
         if family not in (*FAMILIES, "all"):
             raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
         if pope not in POPE_SUBSETS:
@@ -269,6 +285,7 @@ class EasyInstructDataModule(InstructionDataModule):
         super().__init__(data_root=data_root, task=task, max_length=max_length, **kwargs)
         self.family, self.pope, self.turns = family, pope, turns
         self.test_images, self.val_images, self.describe = test_images, val_images, describe
+        self.reasoned = reasoned
 
     def root(self) -> Path:
         return Path(self.data_root) if self.data_root else default_root()
@@ -282,7 +299,8 @@ class EasyInstructDataModule(InstructionDataModule):
             if limit is not None:
                 keep = set(np.random.default_rng(0).permutation(len(facts))[:limit].tolist())
                 facts = [f for k, f in enumerate(facts) if k in keep]
-        records = easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns)
+        records = easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns,
+                                        reasoned=self.reasoned and split == "train")  # references stay yes / no
         return describe_image(records, facts) if self.describe else records
 
     def load_samples(self, split: str) -> list[Sample]:

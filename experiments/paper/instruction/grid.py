@@ -55,6 +55,8 @@ class Variant:
 # is the number of records seen (the steps), not the size of the pool they are drawn from; 400% shows
 # what a larger budget adds. ``text-oracle`` is a control, not an interface: the first turn also states
 # the image's colour and shape, the ceiling of what perception can add with this LLM, recipe and budget.
+# ``yesno-reasoned`` is a control too: the training yes/no answers state what the image shows first
+# ("a yellow circle, so no."), so the model compares two words of its own text, not the image with a word.
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
@@ -67,6 +69,7 @@ VARIANTS: dict[str, Variant] = {
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
     "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
     "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
+    "yesno-reasoned": Variant(instruct=("--data.init_args.reasoned", "true")),
 }
 
 
