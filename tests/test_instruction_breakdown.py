@@ -53,6 +53,27 @@ def test_run_breakdown_separates_colour_from_shape(tmp_path):
     assert [blind[("yesno", p)] for p in breakdown.PROBES] == [0.0, 100.0, 0.0, 100.0]
 
 
+def test_reasoned_answers_are_checked_against_their_own_description(tmp_path):
+    def probe(image, kind, question, prediction, blind):
+        return {**_probe(image, kind, prediction, blind), "prompt": question}
+
+    records = [probe(1, "shape-yes", "Is there a circle in the image?", "a red circle, so yes.", "yes"),
+               probe(1, "shape-no", "Is there a triangle in the image?", "a red circle, so yes.", "no"),  # does not follow
+               probe(1, "color-yes", "Is there a red shape in the image?", "A red circle, so yes", "no"),
+               probe(1, "color-no", "Is there a blue shape in the image?", "a red circle, so no.", "a blue circle, so yes.")]
+    path = _write(tmp_path / "llava-yesno-reasoned" / "seed0", records)
+    assert breakdown.run_breakdown(path)[("yesno", "follows")] == 75.0
+    assert breakdown.run_breakdown(path, "blind_prediction")[("yesno", "follows")] == 25.0  # "yes", "no": not reasoned
+    assert breakdown.follows_own_description("a red or blue circle, so yes.", "Is there a red shape?", "x") is False
+    assert breakdown.follows_own_description("yes", "Is there a red shape?", "x") is None
+    with pytest.raises(ValueError, match=r"x: question 'Is there a red circle\?' names \['circle', 'red'\]"):
+        breakdown.follows_own_description("a red circle, so yes.", "Is there a red circle?", "x")
+    markdown = breakdown.to_markdown(breakdown.breakdown(tmp_path))
+    assert markdown.splitlines()[0].endswith("| yes/no follows own description |") and "| 75.0 (25.0) |" in markdown
+    plain = _write(tmp_path / "plain" / "llava-default" / "seed0", [probe(1, "shape-yes", "Is there a circle?", "yes", "no")])
+    assert "follows" not in breakdown.to_markdown(breakdown.breakdown(plain.parent.parent))
+
+
 def test_breakdown_averages_seeds_per_configuration(tmp_path):
     _write(tmp_path / "blip2-default" / "seed0", [_conversation(1, "color", "red", "red", "red")])
     _write(tmp_path / "blip2-default" / "seed1", [_conversation(1, "color", "red", "blue", "red")])

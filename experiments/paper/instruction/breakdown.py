@@ -10,6 +10,9 @@ each run's percentage, the trained value and its blind twin (perception zeroed):
 * yes/no: accuracy per probe kind (``meta["probe"]``), the shape or colour present (answer "yes")
   or absent ("no").
   A system that says "yes" whatever it sees scores 100 on "present" and 0 on "absent".
+* yes/no, reasoned answers ("a yellow circle, so no.", easy-instruct's ``reasoned`` training): the
+  share of probes answered in that form whose yes/no is what the answer's own description implies
+  for the value asked about (a column only where a trained run answers in that form).
 
     python experiments/paper/instruction/breakdown.py RUNS_DIR [RUNS_DIR ...] \
         [--out experiments/paper/instruction/results/breakdown.md]
@@ -32,11 +35,13 @@ from perceptlm.report import configuration_of, files_below
 VALUES = {"color": COLORS, "shape": SHAPES}
 PROBES = ("shape-yes", "shape-no", "color-yes", "color-no")
 COLUMNS = (("conversation", "color"), ("conversation", "shape"), ("caption", "color"), ("caption", "shape"),
-           *(("yesno", probe) for probe in PROBES))
+           *(("yesno", probe) for probe in PROBES), ("yesno", "follows"))
 TITLES = {**{("conversation", a): f"conversation {a}" for a in VALUES},
           **{("caption", a): f"caption names {a}" for a in VALUES},
           ("yesno", "shape-yes"): "yes/no shape present", ("yesno", "shape-no"): "yes/no shape absent",
-          ("yesno", "color-yes"): "yes/no color present", ("yesno", "color-no"): "yes/no color absent"}
+          ("yesno", "color-yes"): "yes/no color present", ("yesno", "color-no"): "yes/no color absent",
+          ("yesno", "follows"): "yes/no follows own description"}
+REASONED = re.compile(r"an? (?P<description>[^,.]+), so (?P<answer>yes|no)\b")
 
 
 def _named(text: str, attribute: str) -> set[str]:
@@ -55,6 +60,21 @@ def _true_value(reference: str, attribute: str, where: str) -> str:
         raise ValueError(f"{where}: reference {reference!r} names {sorted(named) or 'no'} {attribute}; "
                          f"expected one of {list(VALUES[attribute])}")
     return named.pop()
+
+
+def follows_own_description(prediction: str, question: str, where: str) -> bool | None:
+    """For a reasoned yes/no answer ("a yellow circle, so no."): whether its yes/no is what its own
+    description implies for the value ``question`` asks about (named alone: "yes", else "no"); None
+    for an answer not in that form."""
+    match = REASONED.match(prediction.strip().lower())
+    if match is None:
+        return None
+    asked = set(re.findall(r"[a-z]+", question.lower())) & (set(COLORS) | set(SHAPES))
+    if len(asked) != 1:
+        raise ValueError(f"{where}: question {question!r} names {sorted(asked) or 'no'} colour or shape; expected one")
+    value = asked.pop()
+    stated = _named(match["description"], "color" if value in COLORS else "shape")
+    return (stated == {value}) == (match["answer"] == "yes")
 
 
 def _accuracy(task: str, records: list[dict[str, Any]], answer: str) -> float:
@@ -95,6 +115,9 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
         probes = [r for r in records.get("yesno", []) if r["meta"]["probe"] == kind]
         if probes:
             out[("yesno", kind)] = _accuracy("yesno", probes, answer)
+    follows = [follows_own_description(r[answer], r.get("prompt", ""), f"{path}: {r['id']}") for r in records.get("yesno", [])]
+    if follows:
+        out[("yesno", "follows")] = 100 * sum(f is True for f in follows) / len(follows)
     return out
 
 
@@ -115,16 +138,21 @@ def breakdown(*roots: str | Path) -> dict[str, dict[tuple[str, str], tuple[float
 
 
 def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]]) -> str:
-    header = ["configuration", "seeds", *(TITLES[column] for column in COLUMNS)]
+    reasoned = any(cells.get(("yesno", "follows"), (0.0,))[0] > 0 for cells in table.values())
+    columns = [c for c in COLUMNS if c != ("yesno", "follows") or reasoned]
+    header = ["configuration", "seeds", *(TITLES[column] for column in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, cells in table.items():
         seeds = {n for _, _, n in cells.values()}
         row = [name, ",".join(map(str, sorted(seeds)))]
-        row += [f"{cells[c][0]:.1f} ({cells[c][1]:.1f})" if c in cells else "—" for c in COLUMNS]
+        row += [f"{cells[c][0]:.1f} ({cells[c][1]:.1f})" if c in cells else "—" for c in columns]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Percent, mean over seeds; in brackets the blind twin (perception zeroed). Conversation: "
               "accuracy of the turn scored on that attribute. Caption: captions naming the image's value "
               "and no other. Yes/no: accuracy on probes of a present (yes) or absent (no) shape or colour."]
+    if len(columns) == len(COLUMNS):
+        lines[-1] += (" Follows own description: reasoned answers (\"a yellow circle, so no.\") whose yes/no is "
+                      "what their description implies, in percent of the probes.")
     return "\n".join(lines) + "\n"
 
 
