@@ -69,7 +69,7 @@ def follows_own_description(prediction: str, question: str, where: str) -> bool 
     match = REASONED.match(prediction.strip().lower())
     if match is None:
         return None
-    asked = set(re.findall(r"[a-z]+", question.lower())) & (set(COLORS) | set(SHAPES))
+    asked = _named(question, "color") | _named(question, "shape")
     if len(asked) != 1:
         raise ValueError(f"{where}: question {question!r} names {sorted(asked) or 'no'} colour or shape; expected one")
     value = asked.pop()
@@ -150,7 +150,7 @@ def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]
     lines += ["", "Percent, mean over seeds; in brackets the blind twin (perception zeroed). Conversation: "
               "accuracy of the turn scored on that attribute. Caption: captions naming the image's value "
               "and no other. Yes/no: accuracy on probes of a present (yes) or absent (no) shape or colour."]
-    if len(columns) == len(COLUMNS):
+    if reasoned:
         lines[-1] += (" Follows own description: reasoned answers (\"a yellow circle, so no.\") whose yes/no is "
                       "what their description implies, in percent of the probes.")
     return "\n".join(lines) + "\n"

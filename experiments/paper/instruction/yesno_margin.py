@@ -27,7 +27,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 ATTRIBUTES = ("shape", "color")
@@ -53,6 +52,7 @@ def load_run(run: Path) -> tuple[Any, Any]:
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ValueError(f"{config_path}: expected a perceptlm config with 'model' and 'data'")
     from perceptlm.cli import cli
+    from perceptlm.modules.stages import read_trainable_state
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump({k: config[k] for k in ("seed_everything", "model", "data") if k in config}, handle)
@@ -60,8 +60,7 @@ def load_run(run: Path) -> tuple[Any, Any]:
         parsed = cli(["--config", handle.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu",
                       "--data.init_args.family", "yesno"], run=False)
     model, datamodule = parsed.model, parsed.datamodule
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+    unexpected = model.load_state_dict(read_trainable_state(checkpoint), strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"{checkpoint}: weights this model does not have, e.g. {unexpected[:3]}")
     return model.eval(), datamodule
