@@ -74,6 +74,34 @@ def test_reasoned_answers_are_checked_against_their_own_description(tmp_path):
     assert "follows" not in breakdown.to_markdown(breakdown.breakdown(plain.parent.parent))
 
 
+def test_reasoned_multiple_choice_separates_seeing_from_finding_the_letter(tmp_path):
+    prompt = "What color is the shape?\nA. green\nB. red\nC. yellow\nD. black\nAnswer with the option's letter."
+
+    def question(image, prediction, blind):
+        return {"id": f"test-mcq-{image}-color", "prompt": prompt, "prediction": prediction, "blind_prediction": blind,
+                "references": ["B"], "meta": {"task": "mcq", "num_options": 4, "answer_index": 1, "group": "color"}}
+
+    records = [question(1, "red, so B.", "B"),      # sees red, finds its letter
+               question(2, "Red, so C.", "green, so A."),  # sees red, wrong letter
+               question(3, "yellow, so C.", "B"),   # sees wrong, finds its letter
+               question(4, "purple, so D.", "red")]  # states no option
+    path = _write(tmp_path / "llava-reasoned" / "seed0", records)
+    trained = breakdown.run_breakdown(path)
+    assert trained[("mcq", "states")] == 50.0 and trained[("mcq", "follows")] == 50.0
+    blind = breakdown.run_breakdown(path, "blind_prediction")
+    assert blind[("mcq", "states")] == 0.0 and blind[("mcq", "follows")] == 25.0  # "B", "red": not reasoned
+    assert breakdown.reasoned_choice("black, so D", prompt, "x") == (3, 3)
+    assert breakdown.reasoned_choice("D", prompt, "x") is None
+    with pytest.raises(ValueError, match=r"x: prompt 'Which\?' lists no lettered options"):
+        breakdown.reasoned_choice("red, so B.", "Which?", "x")
+    markdown = breakdown.to_markdown(breakdown.breakdown(tmp_path))
+    assert markdown.splitlines()[0].endswith("| mcq states right option | mcq letter follows own option |")
+    assert "follows own description" not in markdown  # no reasoned yes/no here
+    assert "| 50.0 (0.0) | 50.0 (25.0) |" in markdown
+    plain = _write(tmp_path / "plain" / "llava-default" / "seed0", [question(1, "B", "A")])
+    assert "mcq states" not in breakdown.to_markdown(breakdown.breakdown(plain.parent.parent))
+
+
 def test_breakdown_averages_seeds_per_configuration(tmp_path):
     _write(tmp_path / "blip2-default" / "seed0", [_conversation(1, "color", "red", "red", "red")])
     _write(tmp_path / "blip2-default" / "seed1", [_conversation(1, "color", "red", "blue", "red")])

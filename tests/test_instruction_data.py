@@ -231,27 +231,42 @@ def test_easy_instruct_text_oracle_states_the_truth_in_the_first_turn():
         assert after["conversations"][1:] == before["conversations"][1:] and after["meta"] == before["meta"]
 
 
-def test_easy_instruct_reasoned_yes_no_answers_state_the_image_and_read_as_their_label():
-    from perceptlm.metrics.functional import pope_answer_is_yes
+def test_easy_instruct_reasoned_answers_state_the_image_and_read_as_their_label():
+    from perceptlm.eval.scoring import _letter_index
+    from perceptlm.metrics.functional import parse_option_letter, pope_answer_is_yes
 
     dm = EasyInstructDataModule(test_images=10)
-    reasoned = EasyInstructDataModule(test_images=10, reasoned=True)
-    plain, changed = dm.records("train"), reasoned.records("train")
+    plain = dm.records("train")
     truth = {f"{f.image_id}.png": f"a {f.color} {f.shape}" for f in image_facts(default_root(), "train") if f.color}
-    assert len(plain) == len(changed)
-    probes = 0
-    for before, after in zip(plain, changed):
-        if before["meta"]["task"] != "yesno":
-            assert after == before
-            continue
-        probes += 1
-        label, answer = before["conversations"][1]["value"], after["conversations"][1]["value"]
-        assert answer == f"{truth[before['image']]}, so {label}."
-        assert pope_answer_is_yes(answer) == (label == "yes")  # POPE's rules read the reasoned answer as its label
-        assert after["conversations"][0] == before["conversations"][0] and after["meta"] == before["meta"]
-    assert probes == 4 * len(truth)
-    for split in ("val", "test"):  # evaluation references stay yes / no
-        assert reasoned.records(split) == dm.records(split)
+    for reasoned, families in ((True, {"yesno", "mcq"}), (["yesno"], {"yesno"}), (["mcq"], {"mcq"})):
+        changed = EasyInstructDataModule(test_images=10, reasoned=reasoned).records("train")
+        assert len(plain) == len(changed)
+        counts = {"yesno": 0, "mcq": 0}
+        for before, after in zip(plain, changed):
+            task = before["meta"]["task"]
+            if task not in families:
+                assert after == before
+                continue
+            counts[task] += 1
+            label, answer = before["conversations"][1]["value"], after["conversations"][1]["value"]
+            if task == "yesno":
+                assert answer == f"{truth[before['image']]}, so {label}."
+                assert pope_answer_is_yes(answer) == (label == "yes")  # POPE's rules read it as its label
+            else:
+                option = before["options"][before["meta"]["answer_index"]]
+                assert answer == f"{option}, so {label}." and option in truth[before["image"]]
+                # the letter parser reads it as its label
+                assert parse_option_letter(answer, before["meta"]["num_options"]) == _letter_index(label)
+            assert after["conversations"][0] == before["conversations"][0]
+            assert after["meta"] == before["meta"] and after.get("options") == before.get("options")
+        assert {task: counts[task] for task in families} == {task: (4 if task == "yesno" else 3) * len(truth)
+                                                             for task in families}
+        for split in ("val", "test"):  # evaluation references stay yes / no and the letter
+            assert EasyInstructDataModule(test_images=10, reasoned=reasoned).records(split) == dm.records(split)
+    for bad in (["conversation"], "yesno"):
+        with pytest.raises(ValueError, match="reasoned") as error:
+            EasyInstructDataModule(reasoned=bad)
+        assert "mcq" in str(error.value)  # names what is valid
 
 
 def test_pope_files_and_metrics(tmp_path):

@@ -196,7 +196,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 48
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 51
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -215,6 +215,10 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["llm_lr"] == rate
+    for variant, families in (("yesno-reasoned", ["yesno"]), ("reasoned", True), ("default", False)):
+        with pytest.raises(SystemExit):
+            cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
+        assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["reasoned"] == families
     # A data amount is the number of records a stage sees (its steps), and nothing else changes.
     for variant, stage, share in (("instruct-10pct", 1, 0.1), ("instruct-400pct", 1, 4.0), ("align-10pct", 0, 0.1),
                                   ("align-400pct", 0, 4.0)):

@@ -26,11 +26,19 @@ records, ``id``/``image``/``conversations``, plus ``meta`` and ``options``):
 Generation is deterministic: choices are seeded by strings (split, family, image id), independent
 of the run's ``seed``.
 
-``reasoned=True`` changes the training answers of the ``yesno`` family only: the model states what it
-sees before it answers ("a yellow circle, so no."), so the comparison of the image with the word asked
-about becomes a comparison of two words of text. Evaluation references stay "yes" / "no", and POPE's
-rules read such an answer (its first sentence holds "no" or not). A control for where yes/no fails:
-seeing the attribute, or comparing it with the question.
+``reasoned`` changes the training answers of the ``yesno`` and ``mcq`` families (``True``: both; a
+list: those named) so that the model states what it sees before it answers:
+
+* yes/no: "a yellow circle, so no.": the comparison of the image with the word asked about becomes
+  a comparison of two words of text;
+* multiple choice: the chosen option's words, then its letter ("yellow circle, so B."): seeing the
+  answer and finding its letter become two steps, and the answer opens with the words that option
+  likelihood scores.
+
+Evaluation references stay "yes" / "no" and the letter; POPE's rules read a reasoned yes/no (its
+first sentence holds "no" or not) and the letter parser a reasoned letter (a capital standing alone
+at the end). A control for where those families fail: seeing the attribute, or answering in the
+family's form.
 
 ``describe=True`` is a text oracle: the first user turn also states the image's colour and shape
 ("The image shows a red circle."), so a model trained and tested on it shows what perfect perception
@@ -46,7 +54,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -62,6 +70,7 @@ from perceptlm.data.instruction import (
 )
 
 FAMILIES = ("conversation", "mcq", "yesno", "caption")
+REASONED_FAMILIES = ("yesno", "mcq")  # the families with a reasoned answer form (``reasoned``)
 POPE_SUBSETS = ("random", "popular", "adversarial")
 MCQ_SUFFIX = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCD"
@@ -137,18 +146,26 @@ def conversation_records(facts: list[ImageFacts], split: str, turns: int = 3) ->
     return out
 
 
+def reasoned_letter(option: str, letter: str) -> str:
+    """A multiple-choice answer that first states the chosen option: "yellow circle, so B."."""
+    return f"{option}, so {letter}."
+
+
 def _mcq(record_id: str, fact: ImageFacts, question: str, correct: str, distractors: list[str],
-         rng: random.Random, kind: str) -> dict[str, Any]:
+         rng: random.Random, kind: str, reasoned: bool = False) -> dict[str, Any]:
     options = [correct, *distractors]
     rng.shuffle(options)
     answer = options.index(correct)
     lines = "\n".join(f"{LETTERS[k]}. {option}" for k, option in enumerate(options))
-    turns = [("human", f"{IMAGE}\n{question}\n{lines}\n{MCQ_SUFFIX}"), ("gpt", LETTERS[answer])]
+    reply = reasoned_letter(correct, LETTERS[answer]) if reasoned else LETTERS[answer]
+    turns = [("human", f"{IMAGE}\n{question}\n{lines}\n{MCQ_SUFFIX}"), ("gpt", reply)]
     meta = {"task": "mcq", "num_options": len(options), "answer_index": answer, "group": kind}
     return _record(record_id, fact.image_id, turns, meta, options)
 
 
-def mcq_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]:
+def mcq_records(facts: list[ImageFacts], split: str, reasoned: bool = False) -> list[dict[str, Any]]:
+    """Three lettered questions per image (module docstring); ``reasoned``: answers by
+    :func:`reasoned_letter`. The options and their order do not depend on ``reasoned``."""
     out = []
     for fact in facts:
         if fact.color is None:
@@ -157,13 +174,14 @@ def mcq_records(facts: list[ImageFacts], split: str) -> list[dict[str, Any]]:
         rng = _rng("mcq", split, fact.image_id)
         other_colors = [c for c in COLORS if c != color]
         other_shapes = [s for s in SHAPES if s != shape]
-        out.append(_mcq(f"{base}-color", fact, "What color is the shape?", color, rng.sample(other_colors, 3), rng, "color"))
-        out.append(_mcq(f"{base}-shape", fact, "What shape is in the image?", shape, other_shapes, rng, "shape"))
+        out.append(_mcq(f"{base}-color", fact, "What color is the shape?", color, rng.sample(other_colors, 3), rng, "color",
+                        reasoned))
+        out.append(_mcq(f"{base}-shape", fact, "What shape is in the image?", shape, other_shapes, rng, "shape", reasoned))
         c1, c2 = rng.sample(other_colors, 2)
         s1 = rng.choice(other_shapes)
         distractors = [f"{c1} {shape}", f"{color} {s1}", f"{c2} {rng.choice(other_shapes)}"]
         out.append(_mcq(f"{base}-description", fact, "Which description matches the image?", f"{color} {shape}",
-                        distractors, rng, "description"))
+                        distractors, rng, "description", reasoned))
     return out
 
 
@@ -246,13 +264,29 @@ def describe_image(records: list[dict[str, Any]], facts: list[ImageFacts]) -> li
     return out
 
 
+def reasoned_families(reasoned: bool | Sequence[str]) -> tuple[str, ...]:
+    """The families whose answers are reasoned: ``True`` -> all of :data:`REASONED_FAMILIES`,
+    ``False`` -> none, a list -> those named (each one of :data:`REASONED_FAMILIES`)."""
+    if isinstance(reasoned, bool):
+        return REASONED_FAMILIES if reasoned else ()
+    if isinstance(reasoned, str):
+        raise ValueError(f"reasoned={reasoned!r}: give true, false or a list of families among {list(REASONED_FAMILIES)}")
+    families = tuple(reasoned)
+    unknown = [f for f in families if f not in REASONED_FAMILIES]
+    if unknown:
+        raise ValueError(f"reasoned names {unknown}, which have no reasoned answers; valid: {list(REASONED_FAMILIES)}")
+    return tuple(f for f in REASONED_FAMILIES if f in families)
+
+
 def easy_instruct_records(facts: list[ImageFacts], split: str, family: str = "all", pope: str = "random",
-                          turns: int = 3, reasoned: bool = False) -> list[dict[str, Any]]:
+                          turns: int = 3, reasoned: bool | Sequence[str] = False) -> list[dict[str, Any]]:
     """The records of ``family`` (or ``all``) for these images, in LLaVA JSON format (+ meta, options);
-    ``reasoned``: yes/no answers by :func:`reasoned_answer`."""
+    ``reasoned``: the families answered by :func:`reasoned_answer` / :func:`reasoned_letter`
+    (:func:`reasoned_families`)."""
+    reasoned = reasoned_families(reasoned)
     builders = {"conversation": lambda: conversation_records(facts, split, turns),
-                "mcq": lambda: mcq_records(facts, split),
-                "yesno": lambda: yesno_records(facts, split, pope, reasoned),
+                "mcq": lambda: mcq_records(facts, split, "mcq" in reasoned),
+                "yesno": lambda: yesno_records(facts, split, pope, "yesno" in reasoned),
                 "caption": lambda: caption_records(facts, split)}
     if family not in (*FAMILIES, "all"):
         raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
@@ -265,8 +299,9 @@ class EasyInstructDataModule(InstructionDataModule):
     Evaluation uses a fixed set of test-split images (``test_images``; validation the first
     ``val_images`` of the same choice, seed 0) with every record of those images, so yes/no stays
     50/50 and all families see the same images. ``fraction``/``limit`` subsample training records.
-    ``reasoned``: training yes/no answers that state the image first; ``describe``: the text oracle
-    (module docstring).
+    ``reasoned``: training answers of the yes/no and multiple-choice families (``True``: both; or a
+    list of them) that state what the image shows first; ``describe``: the text oracle (module
+    docstring).
     """
 
     name = "easy-instruct"
@@ -274,7 +309,8 @@ class EasyInstructDataModule(InstructionDataModule):
 
     def __init__(self, data_root: str | None = None, family: str = "all", pope: str = "random", turns: int = 3,
                  test_images: int | None = 200, val_images: int | None = 50, task: str | None = None,
-                 max_length: int = 512, describe: bool = False, reasoned: bool = False, **kwargs: Any) -> None:
+                 max_length: int = 512, describe: bool = False,
+                 reasoned: bool | list[str] = False, **kwargs: Any) -> None:
         if family not in (*FAMILIES, "all"):
             raise ValueError(f"unknown easy-instruct family {family!r}; valid: {[*FAMILIES, 'all']}")
         if pope not in POPE_SUBSETS:
@@ -285,7 +321,7 @@ class EasyInstructDataModule(InstructionDataModule):
         super().__init__(data_root=data_root, task=task, max_length=max_length, **kwargs)
         self.family, self.pope, self.turns = family, pope, turns
         self.test_images, self.val_images, self.describe = test_images, val_images, describe
-        self.reasoned = reasoned
+        self.reasoned = reasoned_families(reasoned)
 
     def root(self) -> Path:
         return Path(self.data_root) if self.data_root else default_root()
@@ -299,8 +335,9 @@ class EasyInstructDataModule(InstructionDataModule):
             if limit is not None:
                 keep = set(np.random.default_rng(0).permutation(len(facts))[:limit].tolist())
                 facts = [f for k, f in enumerate(facts) if k in keep]
+        reasoned = self.reasoned if split == "train" else ()  # evaluation references stay yes/no, the letter
         records = easy_instruct_records(facts, "train" if split == "train" else "test", self.family, self.pope, self.turns,
-                                        reasoned=self.reasoned and split == "train")  # references stay yes / no
+                                        reasoned=reasoned)
         return describe_image(records, facts) if self.describe else records
 
     def load_samples(self, split: str) -> list[Sample]:

@@ -13,6 +13,10 @@ each run's percentage, the trained value and its blind twin (perception zeroed):
 * yes/no, reasoned answers ("a yellow circle, so no.", easy-instruct's ``reasoned`` training): the
   share of probes answered in that form whose yes/no is what the answer's own description implies
   for the value asked about (a column only where a trained run answers in that form).
+* multiple choice, reasoned answers ("yellow circle, so B."): the share of questions whose answer
+  states the right option's words, and the share whose letter is that of the option it states, right
+  or wrong: seeing the answer and finding its letter, apart (columns only where a trained run answers
+  in that form).
 
     python experiments/paper/instruction/breakdown.py RUNS_DIR [RUNS_DIR ...] \
         [--out experiments/paper/instruction/results/breakdown.md]
@@ -35,13 +39,17 @@ from perceptlm.report import configuration_of, files_below
 VALUES = {"color": COLORS, "shape": SHAPES}
 PROBES = ("shape-yes", "shape-no", "color-yes", "color-no")
 COLUMNS = (("conversation", "color"), ("conversation", "shape"), ("caption", "color"), ("caption", "shape"),
-           *(("yesno", probe) for probe in PROBES), ("yesno", "follows"))
+           *(("yesno", probe) for probe in PROBES), ("yesno", "follows"), ("mcq", "states"), ("mcq", "follows"))
+REASONED_COLUMNS = (("yesno", "follows"), ("mcq", "states"), ("mcq", "follows"))  # shown where answers reason
 TITLES = {**{("conversation", a): f"conversation {a}" for a in VALUES},
           **{("caption", a): f"caption names {a}" for a in VALUES},
           ("yesno", "shape-yes"): "yes/no shape present", ("yesno", "shape-no"): "yes/no shape absent",
           ("yesno", "color-yes"): "yes/no color present", ("yesno", "color-no"): "yes/no color absent",
-          ("yesno", "follows"): "yes/no follows own description"}
+          ("yesno", "follows"): "yes/no follows own description",
+          ("mcq", "states"): "mcq states right option", ("mcq", "follows"): "mcq letter follows own option"}
 REASONED = re.compile(r"an? (?P<description>[^,.]+), so (?P<answer>yes|no)\b")
+REASONED_LETTER = re.compile(r"(?P<option>[^,]+), so (?P<letter>[A-Z])\.?")
+OPTION_LINE = re.compile(r"^(?P<letter>[A-Z])\. (?P<option>.+)$", re.MULTILINE)
 
 
 def _named(text: str, attribute: str) -> set[str]:
@@ -75,6 +83,19 @@ def follows_own_description(prediction: str, question: str, where: str) -> bool 
     value = asked.pop()
     stated = _named(match["description"], "color" if value in COLORS else "shape")
     return (stated == {value}) == (match["answer"] == "yes")
+
+
+def reasoned_choice(prediction: str, prompt: str, where: str) -> tuple[int | None, int] | None:
+    """For a reasoned multiple-choice answer ("yellow circle, so B."): (the index of the option whose
+    words it states, None for words of no option; the index of its letter), read against the options
+    listed in ``prompt`` ("A. green" lines); None for an answer not in that form."""
+    options = {m["option"].strip().lower(): ord(m["letter"]) - ord("A") for m in OPTION_LINE.finditer(prompt)}
+    if not options:
+        raise ValueError(f"{where}: prompt {prompt!r} lists no lettered options (lines like 'A. green')")
+    match = REASONED_LETTER.fullmatch(prediction.strip())
+    if match is None:
+        return None
+    return options.get(match["option"].strip().lower()), ord(match["letter"]) - ord("A")
 
 
 def _accuracy(task: str, records: list[dict[str, Any]], answer: str) -> float:
@@ -118,6 +139,12 @@ def run_breakdown(path: str | Path, answer: str = "prediction",
     follows = [follows_own_description(r[answer], r.get("prompt", ""), f"{path}: {r['id']}") for r in records.get("yesno", [])]
     if follows:
         out[("yesno", "follows")] = 100 * sum(f is True for f in follows) / len(follows)
+    questions = records.get("mcq", [])
+    choices = [reasoned_choice(r[answer], r.get("prompt", ""), f"{path}: {r['id']}") for r in questions]
+    if questions:
+        out[("mcq", "states")] = 100 * sum(c is not None and c[0] == r["meta"]["answer_index"]
+                                           for c, r in zip(choices, questions)) / len(questions)
+        out[("mcq", "follows")] = 100 * sum(c is not None and c[0] == c[1] for c in choices) / len(questions)
     return out
 
 
@@ -138,8 +165,8 @@ def breakdown(*roots: str | Path) -> dict[str, dict[tuple[str, str], tuple[float
 
 
 def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]]) -> str:
-    reasoned = any(cells.get(("yesno", "follows"), (0.0,))[0] > 0 for cells in table.values())
-    columns = [c for c in COLUMNS if c != ("yesno", "follows") or reasoned]
+    shown = {c for c in REASONED_COLUMNS if any(cells.get(c, (0.0,))[0] > 0 for cells in table.values())}
+    columns = [c for c in COLUMNS if c not in REASONED_COLUMNS or c in shown]
     header = ["configuration", "seeds", *(TITLES[column] for column in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, cells in table.items():
@@ -150,9 +177,12 @@ def to_markdown(table: dict[str, dict[tuple[str, str], tuple[float, float, int]]
     lines += ["", "Percent, mean over seeds; in brackets the blind twin (perception zeroed). Conversation: "
               "accuracy of the turn scored on that attribute. Caption: captions naming the image's value "
               "and no other. Yes/no: accuracy on probes of a present (yes) or absent (no) shape or colour."]
-    if reasoned:
+    if ("yesno", "follows") in shown:
         lines[-1] += (" Follows own description: reasoned answers (\"a yellow circle, so no.\") whose yes/no is "
                       "what their description implies, in percent of the probes.")
+    if shown & {("mcq", "states"), ("mcq", "follows")}:
+        lines[-1] += (" Multiple choice, reasoned answers (\"yellow circle, so B.\"), in percent of the questions: "
+                      "those stating the right option's words, and those whose letter is the option they state.")
     return "\n".join(lines) + "\n"
 
 

@@ -56,7 +56,8 @@ class Variant:
 # what a larger budget adds. ``text-oracle`` is a control, not an interface: the first turn also states
 # the image's colour and shape, the ceiling of what perception can add with this LLM, recipe and budget.
 # ``yesno-reasoned`` is a control too: the training yes/no answers state what the image shows first
-# ("a yellow circle, so no."), so the model compares two words of its own text, not the image with a word.
+# ("a yellow circle, so no."), so the model compares two words of its own text, not the image with a word;
+# ``reasoned`` also states the chosen option before its letter in multiple choice ("yellow circle, so B.").
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
@@ -69,7 +70,8 @@ VARIANTS: dict[str, Variant] = {
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
     "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
     "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
-    "yesno-reasoned": Variant(instruct=("--data.init_args.reasoned", "true")),
+    "yesno-reasoned": Variant(instruct=("--data.init_args.reasoned", "[yesno]")),
+    "reasoned": Variant(instruct=("--data.init_args.reasoned", "true")),
 }
 
 
