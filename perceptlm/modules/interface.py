@@ -18,6 +18,7 @@ from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
 from perceptlm.injection import INJECTIONS
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
+from perceptlm.modules.contrastive import ImageTextContrastive
 from perceptlm.modules.evaluation import EvaluationMixin
 from perceptlm.modules.persistence import FROZEN_COMPONENTS, PersistenceMixin
 from perceptlm.modules.stages import initialise_from, stage_recipe
@@ -44,6 +45,8 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
     (LoRA or full; default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5).
     ``compile_llm`` compiles each LLM decoder layer (``LanguageModel.compile_layers``; a GPU
     training step of a 7B LLM in bf16: 2.3x faster at batch 16).
+    ``itc_weight`` > 0 adds BLIP-2's image-text contrastive loss on the perceptual tokens and the
+    answer text to the training loss, with that weight (:mod:`perceptlm.modules.contrastive`).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         init_from: str | None = None,
         freeze_connector: bool | None = None,
         compile_llm: bool = False,
+        itc_weight: float = 0.0,
     ) -> None:
         super().__init__()
         from perceptlm import zoo
@@ -108,6 +112,9 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         self.llm_lr = llm_lr if llm_lr is not None else recipe.get("llm_lr")
         if self.frozen_connector:
             self.connector.requires_grad_(False)
+        if itc_weight < 0:
+            raise ValueError(f"itc_weight must be >= 0 (0: no contrastive loss), got {itc_weight}")
+        self.contrastive = ImageTextContrastive(self.llm.hidden_size) if itc_weight > 0 else None
         if init_from:
             copied = initialise_from(self, init_from, self.trainable_keys())
             print(f"{len(copied)} tensors initialised from {init_from}")
@@ -252,21 +259,22 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
 
     def _hidden(self, media: Any, input_ids: Tensor, attention_mask: Tensor, blind: bool = False,
                 instruction: tuple[Tensor, Tensor] | None = None,
-                media_position: Tensor | None = None) -> tuple[Tensor, Tensor | int]:
-        """Final LLM hidden states over prefix and text, and where the text is (see :meth:`_inputs`)."""
+                media_position: Tensor | None = None) -> tuple[Tensor, Tensor | int, Tensor]:
+        """Final LLM hidden states over prefix and text, where the text is (see :meth:`_inputs`), and
+        the perceptual tokens."""
         visual = self.perceive(media, blind, instruction)
         embeds, mask, text_index = self._inputs(visual, input_ids, attention_mask, media_position)
         with self.injection.context(visual):
             hidden, _ = self.llm.hidden(embeds, mask)
-        return hidden, text_index
+        return hidden, text_index, visual
 
     def forward(self, media: Any, input_ids: Tensor, attention_mask: Tensor,
                 instruction: tuple[Tensor, Tensor] | None = None, media_position: Tensor | None = None,
                 blind: bool = False) -> Tensor:
         """Logits ``[B, T, V]`` over the text positions (``instruction``, ``blind``: see :meth:`perceive`;
         ``media_position``: see :meth:`_inputs`)."""
-        hidden, text_index = self._hidden(media, input_ids, attention_mask, blind=blind, instruction=instruction,
-                                          media_position=media_position)
+        hidden, text_index, _ = self._hidden(media, input_ids, attention_mask, blind=blind, instruction=instruction,
+                                             media_position=media_position)
         if isinstance(text_index, int):
             return self.llm.logits(hidden[:, text_index:])
         return self.llm.logits(hidden.gather(1, text_index[..., None].expand(-1, -1, hidden.shape[-1])))
@@ -276,11 +284,12 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
 
         Each text token is predicted from the position before it: the prefix's last position
         predicts the text token that follows the prefix, so an empty prompt still trains the first
-        target token (a first text token with nothing before it is not predicted)."""
+        target token (a first text token with nothing before it is not predicted). In training with
+        ``itc_weight`` > 0 the contrastive loss is added (logged as ``train/itc``)."""
         prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)  # the instruction: unsupervised text
-        hidden, text_index = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
-                                          instruction=(batch["input_ids"], prompt),
-                                          media_position=batch.get("media_position"))
+        hidden, text_index, visual = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
+                                                  instruction=(batch["input_ids"], prompt),
+                                                  media_position=batch.get("media_position"))
         labels = batch["labels"]
         if isinstance(text_index, int):
             text_index = torch.arange(labels.shape[1], device=labels.device).expand_as(labels) + text_index
@@ -288,7 +297,23 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         supervised = (labels != -100) & (predictor >= 0)
         rows, columns = supervised.nonzero(as_tuple=True)
         logits = self.llm.logits(hidden[rows, predictor[rows, columns]])
-        return F.cross_entropy(logits.float(), labels[rows, columns], label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(logits.float(), labels[rows, columns], label_smoothing=self.hparams.label_smoothing)
+        if self.contrastive is None or not self.training:
+            return loss
+        itc = self.contrastive(visual.flatten(1, -2), self._answer_embedding(labels))
+        self.log("train/itc", itc, batch_size=labels.shape[0])
+        return loss + self.hparams.itc_weight * itc
+
+    def _answer_embedding(self, labels: Tensor) -> Tensor:
+        """``[B, H]``: the mean of the LLM's input embeddings over each sample's answer tokens (a fixed
+        text representation: no gradient reaches the embeddings through it)."""
+        answer = labels != -100
+        if not bool(answer.any(1).all()):
+            raise ValueError("ITC needs an answer in every sample; some sample has no supervised token")
+        with torch.no_grad():
+            embedded = self.llm.embed(labels.clamp(min=0)).float()
+        weights = answer.float().unsqueeze(-1)
+        return (embedded * weights).sum(1) / weights.sum(1)
 
     @torch.no_grad()
     def generate(
