@@ -42,8 +42,9 @@ def auc(scores: list[float], positive: list[bool]) -> float:
     return 100.0 * wins / (len(pos) * len(neg))
 
 
-def load_run(run: Path) -> tuple[Any, Any]:
-    """(module with the trained weights, its yes/no test datamodule) of a run folder."""
+def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -> tuple[Any, Any]:
+    """(module with the trained weights, its test datamodule of ``family``) of a run folder;
+    ``test_images``: how many test images (default: the run's)."""
     config_path, checkpoint = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     for path in (config_path, checkpoint):
         if not path.is_file():
@@ -58,7 +59,8 @@ def load_run(run: Path) -> tuple[Any, Any]:
         yaml.safe_dump({k: config[k] for k in ("seed_everything", "model", "data") if k in config}, handle)
         handle.flush()
         parsed = cli(["--config", handle.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu",
-                      "--data.init_args.family", "yesno"], run=False)
+                      "--data.init_args.family", family,
+                      *(["--data.init_args.test_images", str(test_images)] if test_images else [])], run=False)
     model, datamodule = parsed.model, parsed.datamodule
     unexpected = model.load_state_dict(read_trainable_state(checkpoint), strict=False).unexpected_keys
     if unexpected:
@@ -118,12 +120,15 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("runs", nargs="+", type=Path, help="test run folders (config.yaml, checkpoints/last.ckpt)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     options = parser.parse_args(argv)
-    results = {str(run): summary(margins(*load_run(run))) for run in options.runs}
-    text = markdown(results)
+    return publish(markdown({str(run): summary(margins(*load_run(run))) for run in options.runs}), options.out)
+
+
+def publish(text: str, out: Path | None) -> str:
+    """Print the table, and write it to ``out`` too when given."""
     print(text)
-    if options.out:
-        options.out.parent.mkdir(parents=True, exist_ok=True)
-        options.out.write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return text
 
 
