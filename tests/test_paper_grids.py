@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import itertools
+import json
 import re
 import shlex
 import sys
@@ -196,7 +197,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 51
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 54
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -219,6 +220,19 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["reasoned"] == families
+    # reasoned-itc: the contrastive loss in the alignment stage only; MiniGPT-4 freezes the Q-Former
+    # BLIP-2 aligned the same way (the default's where a variant leaves the alignment alone)
+    for variant, stages in (("reasoned-itc", (1.0, 0.0)), ("reasoned", (0.0, 0.0))):
+        commands = grid.stage_commands(grid.Cell("blip2", variant, 0))
+        for args, weight in zip(commands[:2], stages):
+            with pytest.raises(SystemExit):
+                cli([*args, "--print_config"])
+            assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["itc_weight"] == weight
+        source = "reasoned-itc" if variant == "reasoned-itc" else "default"
+        align = grid.stage_commands(grid.Cell("minigpt4", variant, 0))[0]
+        last = len(align) - 1 - align[::-1].index("--model.init_args.connector")  # it follows the scale's
+        connector = json.loads(align[last + 1])
+        assert connector["init_from"] == f"runs/instruction/blip2-{source}/seed0/align/checkpoints/last.ckpt"
     # A data amount is the number of records a stage sees (its steps), and nothing else changes.
     for variant, stage, share in (("instruct-10pct", 1, 0.1), ("instruct-400pct", 1, 4.0), ("align-10pct", 0, 0.1),
                                   ("align-400pct", 0, 4.0)):

@@ -58,6 +58,8 @@ class Variant:
 # ``yesno-reasoned`` is a control too: the training yes/no answers state what the image shows first
 # ("a yellow circle, so no."), so the model compares two words of its own text, not the image with a word;
 # ``reasoned`` also states the chosen option before its letter in multiple choice ("yellow circle, so B.").
+# ``reasoned-itc`` adds BLIP-2's image-text contrastive loss to the alignment stage (weight 1): it keeps
+# a Q-Former's outputs image-specific while the frozen LLM is learning to read them.
 VARIANTS: dict[str, Variant] = {
     "default": Variant(),
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
@@ -72,6 +74,7 @@ VARIANTS: dict[str, Variant] = {
     "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
     "yesno-reasoned": Variant(instruct=("--data.init_args.reasoned", "[yesno]")),
     "reasoned": Variant(instruct=("--data.init_args.reasoned", "true")),
+    "reasoned-itc": Variant(instruct=("--data.init_args.reasoned", "true"), align=("--model.init_args.itc_weight", "1.0")),
 }
 
 
@@ -125,9 +128,9 @@ def stage_commands(cell: Cell) -> list[list[str]]:
              "--trainer.max_steps", str(round(ALIGN_STEPS * variant.align_data)), "--trainer.limit_val_batches", "0",
              "--trainer.default_root_dir", align_dir, "--trainer.logger.init_args.save_dir", align_dir,
              *_last_checkpoint(align_dir)]
-    if cell.system == "minigpt4":  # MiniGPT-4 keeps BLIP-2's aligned Q-Former frozen
-        connector = {**json.loads(SCALE["minigpt4"]),
-                     "init_from": f"{RUNS}/blip2-default/seed{cell.seed}/align/checkpoints/last.ckpt"}
+    if cell.system == "minigpt4":  # MiniGPT-4 keeps BLIP-2's aligned Q-Former frozen (aligned as this variant aligns)
+        source = Cell("blip2", cell.variant if variant.align else "default", cell.seed)
+        connector = {**json.loads(SCALE["minigpt4"]), "init_from": f"{source.run_dir}/align/checkpoints/last.ckpt"}
         align += ["--model.init_args.connector", json.dumps(connector)]
     checkpoint = f"{align_dir}/checkpoints/last.ckpt"
     common = [*_model(cell, "instruct"), *variant.instruct, "--trainer.default_root_dir", instruct_dir,
