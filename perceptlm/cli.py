@@ -57,12 +57,14 @@ class PerceptLMCLI(LightningCLI):
         evaluation and runtime options (:data:`RUN_OPTIONS`) are kept from the command, and
         ``init_from`` is dropped (the checkpoint holds the weights it would copy)."""
         subcommand = self.config.get("subcommand")
-        given = self.config[subcommand].get("model") if subcommand else None
+        if not subcommand or not self.config[subcommand].get("ckpt_path"):
+            return super()._parse_ckpt_path()  # nothing is rebuilt: the command's model stands, init_from too
+        given = self.config[subcommand].get("model")
         keep = {k: given.init_args[k] for k in RUN_OPTIONS
                 if given is not None and "init_args" in given and k in given.init_args}
         super()._parse_ckpt_path()
-        if keep:
-            model = self.config[subcommand].model
+        model = self.config[subcommand].get("model")
+        if model is not None and "init_args" in model:
             for key, value in keep.items():
                 model.init_args[key] = value
             if "init_from" in model.init_args:

@@ -89,6 +89,23 @@ def test_presets_command_prints_every_preset(capsys):
     assert "| depalm-qp-l0 | 60,864 | 32 |" in table  # tiny backbones: see tests/test_interface.py
 
 
+def test_a_fit_with_init_from_starts_from_that_checkpoint(tmp_path):
+    """The second stage of a two-stage run starts from the first stage's weights through the CLI (a
+    fit without --ckpt_path keeps the command's init_from); learning rate 0 keeps them."""
+    first = tmp_path / "first"
+    cli(["fit", *_args(first)])
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    second = tmp_path / "second"
+    built = cli(["fit", *_args(second), "--model.init_args.init_from", str(checkpoint), "--model.init_args.lr", "0.0",
+                 "--model.init_args.weight_decay", "0.0"])
+    assert built.model.hparams.init_from == str(checkpoint)
+    before = torch.load(checkpoint, weights_only=True)["state_dict"]
+    after = torch.load(second / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    fresh = cli(_args(tmp_path / "fresh"), run=False).model  # without init_from: other weights
+    assert not all(torch.equal(fresh.state_dict()[k], before[k]) for k in before)
+
+
 def test_a_checkpoint_path_keeps_the_commands_evaluation_options(tmp_path):
     """Lightning rebuilds the model from the checkpoint's hyper-parameters; eval_blind and decoding
     options still come from the command, and init_from is not re-read."""
