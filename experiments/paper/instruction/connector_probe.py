@@ -43,8 +43,7 @@ encoder_probe, yesno_margin = _sibling("encoder_probe"), _sibling("yesno_margin"
 @torch.no_grad()
 def perceptual_tokens(model: Any, datamodule: Any) -> tuple[torch.Tensor, list[str]]:
     """``[N, K, H]``: the tokens the LLM receives for each caption test record, and its reference caption."""
-    datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media)
-    datamodule.setup("test")
+    datamodule.setup("test")  # load_run's CLI has connected it to the model
     tokens, captions = [], []
     for batch in datamodule.test_dataloader():
         visual = model.perceive(batch["media"], instruction=(batch["prompt_ids"], batch["prompt_mask"]))
@@ -85,9 +84,9 @@ def measure(run: Path, images: int) -> dict[str, float]:
     tokens, captions = perceptual_tokens(model, datamodule)
     out = {"images": float(len(captions)), "image share": image_share(tokens)}
     pooled = tokens.mean(1)
+    words = [caption.split() for caption in captions]
     for name, vocabulary, position in (("colour", COLORS, -2), ("shape", SHAPES, -1)):
-        words = [caption.split() for caption in captions]
-        unknown = sorted({w[position] for w in words if len(w) < 2 or w[position] not in vocabulary})
+        unknown = sorted({" ".join(w) for w in words if len(w) < 2 or w[position] not in vocabulary})
         if unknown:
             raise ValueError(f"{run}: captions whose {name} is not one of {list(vocabulary)}: {unknown[:3]}")
         labels = torch.tensor([vocabulary.index(w[position]) for w in words])
