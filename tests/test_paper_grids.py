@@ -197,7 +197,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 54
+    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 72
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -216,7 +216,8 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["llm_lr"] == rate
-    for variant, families in (("yesno-reasoned", ["yesno"]), ("reasoned", True), ("default", False)):
+    for variant, families in (("yesno-reasoned", ["yesno"]), ("reasoned", True), ("default", False),
+                              ("reasoned-llm-frozen", True), ("reasoned-instruct-10pct", True)):
         with pytest.raises(SystemExit):
             cli([*grid.stage_commands(grid.Cell("llava", variant, 0))[1], "--print_config"])
         assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["reasoned"] == families
@@ -243,6 +244,15 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
         same = [a.replace(f"llava-{variant}", "llava-default") for a in changed[stage]]
         same[same.index("--trainer.max_steps") + 1] = str(steps)
         assert same == default[stage]
+    # The study's ablations on the reasoned recipe: the same runs, with reasoned instruction answers.
+    for name in grid.STUDY_ABLATIONS:
+        ablation = grid.stage_commands(grid.Cell("llava", name, 0))
+        rename = lambda args: [a.replace(f"llava-reasoned-{name}", f"llava-{name}") for a in args]  # noqa: B023
+        align, instruct, test = map(rename, grid.stage_commands(grid.Cell("llava", f"reasoned-{name}", 0)))
+        assert align == ablation[0]
+        for args, plain in ((instruct, ablation[1]), (test, ablation[2])):
+            at = args.index("--data.init_args.reasoned")
+            assert args[at + 1] == "true" and args[:at] + args[at + 2:] == plain
 
 
 def test_instruction_grid_run_skips_a_trained_stage(grid, tmp_path, monkeypatch, capsys):

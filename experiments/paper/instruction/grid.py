@@ -21,7 +21,7 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -60,21 +60,29 @@ class Variant:
 # ``reasoned`` also states the chosen option before its letter in multiple choice ("yellow circle, so B.").
 # ``reasoned-itc`` adds BLIP-2's image-text contrastive loss to the alignment stage (weight 1): it keeps
 # a Q-Former's outputs image-specific while the frozen LLM is learning to read them.
-VARIANTS: dict[str, Variant] = {
-    "default": Variant(),
+# The study's ablations also run on the ``reasoned`` recipe (``reasoned-<ablation>``), the one in which
+# perception can show on every task family.
+STUDY_ABLATIONS: dict[str, Variant] = {
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
     "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora", "--model.init_args.llm_lr", "2e-4")),
     "instruct-10pct": Variant(instruct_data=0.1),
     "instruct-50pct": Variant(instruct_data=0.5),
-    "instruct-400pct": Variant(instruct_data=4.0),
     "align-10pct": Variant(align_data=0.1),
-    "align-400pct": Variant(align_data=4.0),
     "head-frozen": Variant(instruct=("--model.init_args.freeze_connector", "true")),
+}
+REASONED = ("--data.init_args.reasoned", "true")
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    **STUDY_ABLATIONS,
+    "instruct-400pct": Variant(instruct_data=4.0),
+    "align-400pct": Variant(align_data=4.0),
     "text-oracle": Variant(instruct=("--data.init_args.describe", "true")),
     "paper-lr": Variant(instruct=("--model.init_args.llm_lr", "2e-5")),
     "yesno-reasoned": Variant(instruct=("--data.init_args.reasoned", "[yesno]")),
-    "reasoned": Variant(instruct=("--data.init_args.reasoned", "true")),
-    "reasoned-itc": Variant(instruct=("--data.init_args.reasoned", "true"), align=("--model.init_args.itc_weight", "1.0")),
+    "reasoned": Variant(instruct=REASONED),
+    "reasoned-itc": Variant(instruct=REASONED, align=("--model.init_args.itc_weight", "1.0")),
+    **{f"reasoned-{name}": replace(variant, instruct=(*REASONED, *variant.instruct))
+       for name, variant in STUDY_ABLATIONS.items()},
 }
 
 
