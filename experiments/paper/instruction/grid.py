@@ -59,7 +59,7 @@ class Variant:
 # ("a yellow circle, so no."), so the model compares two words of its own text, not the image with a word;
 # ``reasoned`` also states the chosen option before its letter in multiple choice ("yellow circle, so B.").
 # ``reasoned-itc`` adds BLIP-2's image-text contrastive loss to the alignment stage (weight 1): it keeps
-# a Q-Former's outputs image-specific while the frozen LLM is learning to read them.
+# a Q-Former's outputs image-specific while it learns to prompt the frozen LLM.
 # The study's ablations also run on the ``reasoned`` recipe (``reasoned-<ablation>``), the one in which
 # perception can show on every task family.
 STUDY_ABLATIONS: dict[str, Variant] = {
