@@ -247,8 +247,8 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     # The study's ablations on the reasoned recipe: the same runs, with reasoned instruction answers.
     for name in grid.STUDY_ABLATIONS:
         ablation = grid.stage_commands(grid.Cell("llava", name, 0))
-        rename = lambda args: [a.replace(f"llava-reasoned-{name}", f"llava-{name}") for a in args]  # noqa: B023
-        align, instruct, test = map(rename, grid.stage_commands(grid.Cell("llava", f"reasoned-{name}", 0)))
+        align, instruct, test = ([a.replace(f"llava-reasoned-{name}", f"llava-{name}") for a in args]
+                                 for args in grid.stage_commands(grid.Cell("llava", f"reasoned-{name}", 0)))
         assert align == ablation[0]
         for args, plain in ((instruct, ablation[1]), (test, ablation[2])):
             at = args.index("--data.init_args.reasoned")
