@@ -197,7 +197,14 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert len(cells) == (len(grid.SYSTEMS) + len(grid.VARIANTS) - 1) * len(grid.SEEDS) == 72
+    assert set(grid.SYSTEMS_OF) <= set(grid.VARIANTS) and len(cells) == len(set(cells)) == 93
+    runs = {(cell.system, cell.variant) for cell in cells}
+    # the comparison (every system, its own recipe and the reasoned one) and the ablations of LLaVA
+    assert {(system, variant) for system in grid.SYSTEMS for variant in ("default", "reasoned")} <= runs
+    assert {("llava", v) for name in grid.STUDY_ABLATIONS for v in (name, f"reasoned-{name}")} <= runs
+    order = [(cell.system, cell.variant) for cell in cells]
+    for variant in {variant for system, variant in runs if system == "minigpt4"}:
+        assert order.index(("blip2", variant)) < order.index(("minigpt4", variant))
     for system in grid.SYSTEMS:
         align, instruct, test = grid.stage_commands(grid.Cell(system, "default", 0))
         assert option(instruct, "--model.init_args.init_from") == f"{grid.Cell(system, 'default', 0).run_dir}/align/checkpoints/last.ckpt"
@@ -244,6 +251,15 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
         same = [a.replace(f"llava-{variant}", "llava-default") for a in changed[stage]]
         same[same.index("--trainer.max_steps") + 1] = str(steps)
         assert same == default[stage]
+    # The larger budget on the reasoned recipe: the same alignment, four times the instruction steps.
+    def flat(variant):  # the three commands as one list, the variant's name in folders and groups masked
+        return [a.replace(f"blip2-{variant}", "blip2-V") for args in grid.stage_commands(grid.Cell("blip2", variant, 0))
+                for a in args]
+
+    larger, reasoned = flat("reasoned-instruct-400pct"), flat("reasoned")
+    steps = [i + 1 for i, a in enumerate(reasoned) if a == "--trainer.max_steps"]
+    assert [larger[i] for i in steps] == [str(grid.ALIGN_STEPS), str(4 * grid.INSTRUCT_STEPS)]
+    assert [r if i in steps else a for i, (a, r) in enumerate(zip(larger, reasoned))] == reasoned
     # The study's ablations on the reasoned recipe: the same runs, with reasoned instruction answers.
     for name in grid.STUDY_ABLATIONS:
         ablation = grid.stage_commands(grid.Cell("llava", name, 0))

@@ -61,7 +61,8 @@ class Variant:
 # ``reasoned-itc`` adds BLIP-2's image-text contrastive loss to the alignment stage (weight 1): it keeps
 # a Q-Former's outputs image-specific while it learns to prompt the frozen LLM.
 # The study's ablations also run on the ``reasoned`` recipe (``reasoned-<ablation>``), the one in which
-# perception can show on every task family.
+# perception can show on every task family. ``reasoned-instruct-400pct`` gives it four times the
+# instruction steps: whether a frozen LLM's system reaches LLaVA's gaps with a larger budget.
 STUDY_ABLATIONS: dict[str, Variant] = {
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
     "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora", "--model.init_args.llm_lr", "2e-4")),
@@ -83,6 +84,7 @@ VARIANTS: dict[str, Variant] = {
     "reasoned-itc": Variant(instruct=REASONED, align=("--model.init_args.itc_weight", "1.0")),
     **{f"reasoned-{name}": replace(variant, instruct=(*REASONED, *variant.instruct))
        for name, variant in STUDY_ABLATIONS.items()},
+    "reasoned-instruct-400pct": Variant(instruct=REASONED, instruct_data=4.0),
 }
 
 
@@ -97,11 +99,24 @@ class Cell:
         return f"{RUNS}/{self.system}-{self.variant}/seed{self.seed}"
 
 
+# The systems each variant runs on; a variant not named here is an ablation or control of LLaVA's.
+# The five systems run their own recipe and the reasoned one (the comparison); BLIP-2, the canonical
+# frozen-LLM system, also runs the contrastive alignment and the larger budgets.
+SYSTEMS_OF: dict[str, tuple[str, ...]] = {
+    "default": SYSTEMS,
+    "reasoned": SYSTEMS,
+    "reasoned-itc": ("blip2",),
+    "yesno-reasoned": ("llava", "blip2"),
+    "instruct-400pct": ("llava", "blip2"),
+    "reasoned-instruct-400pct": ("blip2",),
+}
+
+
 def cells() -> list[Cell]:
-    """The five systems (default recipe), then LLaVA's ablations; 3 seeds each."""
-    systems = [Cell(s, "default", seed) for s in SYSTEMS for seed in SEEDS]
-    ablations = [Cell("llava", v, seed) for v in VARIANTS if v != "default" for seed in SEEDS]
-    return systems + ablations
+    """Every run of the comparison, variant by variant (the five systems' recipes first), 3 seeds each.
+    Within a variant BLIP-2 comes before MiniGPT-4, which freezes BLIP-2's aligned Q-Former."""
+    return [Cell(system, variant, seed) for variant in VARIANTS for system in SYSTEMS_OF.get(variant, ("llava",))
+            for seed in SEEDS]
 
 
 def _model(cell: Cell, stage: str) -> list[str]:
