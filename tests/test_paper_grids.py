@@ -197,7 +197,7 @@ def test_instruction_grid_is_current_and_parses(grid, tmp_path, capsys):
     committed = (ROOT / "experiments/paper/instruction/commands.txt").read_text()
     assert grid.write(tmp_path).read_text() == committed
     cells = grid.cells()
-    assert set(grid.SYSTEMS_OF) <= set(grid.VARIANTS) and len(cells) == len(set(cells)) == 93
+    assert set(grid.SYSTEMS_OF) <= set(grid.VARIANTS) and len(cells) == len(set(cells)) == 105
     runs = {(cell.system, cell.variant) for cell in cells}
     # the comparison (every system, its own recipe and the reasoned one) and the ablations of LLaVA
     assert {(system, variant) for system in grid.SYSTEMS for variant in ("default", "reasoned")} <= runs

@@ -62,7 +62,8 @@ class Variant:
 # a Q-Former's outputs image-specific while it learns to prompt the frozen LLM.
 # The study's ablations also run on the ``reasoned`` recipe (``reasoned-<ablation>``), the one in which
 # perception can show on every task family. ``reasoned-instruct-400pct`` gives it four times the
-# instruction steps: whether a frozen LLM's system reaches LLaVA's gaps with a larger budget.
+# instruction steps: the five systems compared again at a budget where a frozen LLM also learns to use
+# the image.
 STUDY_ABLATIONS: dict[str, Variant] = {
     "llm-frozen": Variant(instruct=("--model.init_args.llm_tuning", "frozen")),
     "llm-lora": Variant(instruct=("--model.init_args.llm_tuning", "lora", "--model.init_args.llm_lr", "2e-4")),
@@ -100,15 +101,16 @@ class Cell:
 
 
 # The systems each variant runs on; a variant not named here is an ablation or control of LLaVA's.
-# The five systems run their own recipe and the reasoned one (the comparison); BLIP-2, the canonical
-# frozen-LLM system, also runs the contrastive alignment and the larger budgets.
+# The five systems run their own recipe, the reasoned one and the reasoned one with four times the
+# instruction steps (the comparison); BLIP-2, the canonical frozen-LLM system, also runs the contrastive
+# alignment and the larger budget of its own recipe.
 SYSTEMS_OF: dict[str, tuple[str, ...]] = {
     "default": SYSTEMS,
     "reasoned": SYSTEMS,
     "reasoned-itc": ("blip2",),
     "yesno-reasoned": ("llava", "blip2"),
     "instruct-400pct": ("llava", "blip2"),
-    "reasoned-instruct-400pct": ("blip2",),
+    "reasoned-instruct-400pct": SYSTEMS,
 }
 
 
