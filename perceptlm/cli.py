@@ -15,10 +15,10 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from perceptlm.callbacks import PreemptionCheckpoint
-from perceptlm.modules.interface import InterfaceModule
+from perceptlm.training import InterfaceModule
+from perceptlm.training.callbacks import PreemptionCheckpoint
 
-# Frozen backbones stay in eval mode during fit by design (see InterfaceModule.train).
+# Frozen backbones stay in eval mode during fit by design (see PerceptualLM.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
@@ -42,11 +42,11 @@ class PerceptLMCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({
             "trainer.logger": {
-                "class_path": "perceptlm.loggers.AutoWandbLogger",
+                "class_path": "perceptlm.training.loggers.AutoWandbLogger",
                 "init_args": {"project": "perceptlm", "save_dir": "runs"},
             },
             # checkpoints are written to a temporary file and renamed: a kill mid-write keeps the previous one
-            "trainer.plugins": {"class_path": "perceptlm.checkpointing.AtomicCheckpointIO"},
+            "trainer.plugins": {"class_path": "perceptlm.training.checkpointing.AtomicCheckpointIO"},
         })
         # SIGTERM during fit: last.ckpt at the end of the step, exit code 75 (resume with --ckpt_path last)
         parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")

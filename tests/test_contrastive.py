@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from perceptlm import presets
 from perceptlm.data.collate import Collator, Sample
-from perceptlm.modules.contrastive import ImageTextContrastive
+from perceptlm.losses.contrastive import ImageTextContrastive
 
 TINY_QFORMER = {"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}
 

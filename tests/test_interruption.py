@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from perceptlm import presets
-from perceptlm.callbacks import EXIT_PREEMPTED
-from perceptlm.checkpointing import AtomicCheckpointIO
+from perceptlm.training.callbacks import EXIT_PREEMPTED
+from perceptlm.training.checkpointing import AtomicCheckpointIO
 from perceptlm.cli import cli
 from perceptlm.data import EasyVQADataModule, Sample
 
@@ -126,7 +126,7 @@ def test_sigkill_mid_checkpoint_write_keeps_previous_and_resumes(tmp_path, unint
     documented ``chunk_delay`` test hook): the step-4 checkpoint is intact and the run resumes from it."""
     last = tmp_path / "checkpoints" / "last.ckpt"
     partial = last.with_name(".last.ckpt.partial")
-    slow = '{"class_path": "perceptlm.checkpointing.AtomicCheckpointIO", "init_args": {"chunk_delay": 0.2}}'
+    slow = '{"class_path": "perceptlm.training.checkpointing.AtomicCheckpointIO", "init_args": {"chunk_delay": 0.2}}'
     process = _start(tmp_path, "--trainer.plugins", slow)
     _wait_for(last.exists, process, tmp_path)  # the first checkpoint (step 4) is complete
     before = last.read_bytes()

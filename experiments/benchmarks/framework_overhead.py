@@ -1,6 +1,6 @@
 """B2 — Lightning's training loop vs a hand-written PyTorch loop on the same module and batches.
 
-Both arms train the same :class:`~perceptlm.modules.interface.InterfaceModule` (``depalm-qp-l0`` on
+Both arms train the same :class:`~perceptlm.training.InterfaceModule` (``depalm-qp-l0`` on
 cached CLIP ViT-L/14-shaped features into SmolLM2-135M-Instruct, batch 8, 24 text tokens) over the
 same pre-built batches with the same optimizer and schedule (the module's own
 ``configure_optimizers``: AdamW in two weight-decay groups + per-step LambdaLR) and the same

@@ -53,7 +53,7 @@ def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -
     if not isinstance(config, dict) or "model" not in config or "data" not in config:
         raise ValueError(f"{config_path}: expected a perceptlm config with 'model' and 'data'")
     from perceptlm.cli import cli
-    from perceptlm.modules.stages import read_trainable_state
+    from perceptlm.training.persistence import read_trainable_state
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as handle:
         yaml.safe_dump({k: config[k] for k in ("seed_everything", "model", "data") if k in config}, handle)

@@ -4,7 +4,7 @@ BLIP-2 trains its Q-Former in a first, representation stage, before any LLM sees
 query output with the caption's embedding, so the queries must carry what tells one image from
 another. Trained only through a frozen LLM, a Q-Former learnt from scratch can instead settle on a
 nearly constant soft prompt (the easiest way to lower the language-modelling loss of the first
-steps) while what varies with the image shrinks. ``InterfaceModule(itc_weight=w)`` adds ``w`` x this
+steps) while what varies with the image shrinks. ``PerceptualLM(itc_weight=w)`` (and the ``itc_weight`` run option) adds ``w`` x this
 loss to the training loss.
 
 As in BLIP-2: each perceptual token and the text embedding are projected to 256 dimensions and

@@ -27,7 +27,7 @@ class PreemptionCheckpoint(Callback):
     epoch if the signal comes during the epoch-end validation (a validation pass is finished first).
     The file is the first ``ModelCheckpoint``'s ``last.ckpt`` (what ``--ckpt_path last`` resumes
     from), else ``<default_root_dir>/checkpoints/last.ckpt``; it goes through the trainer's
-    ``CheckpointIO`` (atomic with :class:`perceptlm.checkpointing.AtomicCheckpointIO`).
+    ``CheckpointIO`` (atomic with :class:`perceptlm.training.checkpointing.AtomicCheckpointIO`).
 
     Under DDP every rank agrees at each step on whether any rank was signalled; all ranks then save
     together (rank 0 writes) and all stop. It replaces Lightning's own SIGTERM handler from

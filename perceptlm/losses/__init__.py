@@ -1,0 +1,3 @@
+from perceptlm.losses.contrastive import ImageTextContrastive
+
+__all__ = ["ImageTextContrastive"]

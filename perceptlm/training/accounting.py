@@ -1,0 +1,69 @@
+"""What a run counts besides its loss: samples skipped for unreadable media, training time and
+samples (for ``results.json``), and throughput."""
+
+from __future__ import annotations
+
+import time
+
+from perceptlm.batch import Batch
+
+
+class SkipCounter:
+    """Samples whose media failed to load, per stage and epoch; more than ``max_fraction`` of an
+    epoch's samples is an error. The first few skipped samples are printed by id and reason."""
+
+    def __init__(self, max_fraction: float, shown: int = 3) -> None:
+        self.max_fraction, self.shown = max_fraction, shown
+        self.seen: dict[str, list[int]] = {}  # stage -> [skipped, total]
+
+    def start(self, stage: str) -> None:
+        self.seen[stage] = [0, 0]
+
+    def count(self, batch: Batch, stage: str) -> None:
+        skipped, seen = batch.skipped, self.seen.get(stage, [0, 0])  # a resumed epoch skips on_*_epoch_start
+        for sample_id, reason in skipped[: max(0, self.shown - seen[0])]:
+            print(f"skipped {stage} sample {sample_id}: {reason}")
+        self.seen[stage] = [seen[0] + len(skipped), seen[1] + len(skipped) + len(batch.ids)]
+
+    def finish(self, stage: str) -> tuple[int, int]:
+        """``(skipped, total)`` of the stage's epoch; raises when too many were skipped."""
+        skipped, total = self.seen.pop(stage, [0, 0])
+        if total and skipped / total > self.max_fraction:
+            raise RuntimeError(
+                f"{skipped} of {total} {stage} samples this epoch had media that failed to load, more "
+                f"than max_skipped_fraction={self.max_fraction}; see the messages above"
+            )
+        return skipped, total
+
+
+class TrainClock:
+    """Wall time spent training (paused across validation, checkpoints and resumes) and samples
+    trained on, over all ranks; and the time between consecutive steps, for throughput."""
+
+    def __init__(self) -> None:
+        self.seconds, self.samples = 0.0, 0
+        self._since: float | None = None
+        self._last_step: float | None = None
+
+    def start(self) -> None:
+        self._since, self._last_step = time.perf_counter(), None
+
+    def stop(self) -> None:
+        if self._since is not None:
+            now = time.perf_counter()
+            self.seconds += now - self._since
+            self._since = now
+
+    def step(self) -> float | None:
+        """Seconds since the previous step (None at the first)."""
+        now = time.perf_counter()
+        previous, self._last_step = self._last_step, now
+        return None if previous is None else now - previous
+
+
+def throughput(batch: Batch, seconds: float, world_size: int, input_tokens: int) -> dict[str, float]:
+    """``samples_per_second`` and ``tokens_per_second`` (the model's input tokens plus the real text
+    tokens through the LLM) of one step, this rank's batch times the world size."""
+    size = batch.input_ids.shape[0]
+    tokens = float(batch.attention_mask.sum()) + input_tokens * size
+    return {"samples_per_second": size * world_size / seconds, "tokens_per_second": tokens * world_size / seconds}

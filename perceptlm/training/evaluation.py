@@ -1,0 +1,164 @@
+"""Generation-based evaluation inside a Lightning run, the same for every mechanism.
+
+Each rank collects ``(id, prompt, prediction, references)`` records; at the end of the epoch the
+records are gathered, de-duplicated by id (distributed samplers pad), and scored once by
+:mod:`perceptlm.evaluation`, so the metric equals the single-process value whatever the number of
+ranks or the batch size. The test epoch writes ``results.json`` and ``predictions.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from perceptlm.batch import Batch
+from perceptlm.evaluation import gather_records, likelihood_accuracy, option_loglikelihood_choice, score, write_results
+from perceptlm.model import PerceptualLM
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+class Evaluator:
+    """Records of one evaluation epoch: predictions (and, with ``blind``, the blind baseline's),
+    multiple choice by option likelihood where the batch has options."""
+
+    def __init__(self, model: PerceptualLM, blind: bool) -> None:
+        self.model, self.blind = model, blind
+        self.start()
+
+    def start(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.task = "vqa"
+        self.clock = time.perf_counter()
+
+    def predict(self, batch: Batch, blind: bool = False) -> list[str]:
+        ids = self.model.generate(batch.media, batch.prompt_ids, batch.prompt_mask, blind=blind,
+                                  media_position=batch.media_position)
+        return self.model.decode(ids)
+
+    def step(self, batch: Batch) -> None:
+        self.task = batch.task
+        if not batch.ids:
+            return
+        predictions = self.predict(batch)
+        blind = self.predict(batch, blind=True) if self.blind else None
+        choices = blind_choices = None
+        if batch.option_ids is not None:  # multiple choice: also pick the most likely option
+            choices = option_loglikelihood_choice(self.model, batch)
+            if self.blind:
+                blind_choices = option_loglikelihood_choice(self.model, batch, blind=True)
+        for i, sample_id in enumerate(batch.ids):
+            record = {"id": sample_id, "media": batch.sources[i], "prompt": batch.prompts[i],
+                      "prediction": predictions[i], "references": batch.references[i]}
+            if blind is not None:
+                record["blind_prediction"] = blind[i]
+            if batch.meta is not None:
+                record["meta"] = batch.meta[i]
+            if choices is not None:
+                record["likelihood_choice"] = choices[i]
+            if blind_choices is not None:
+                record["blind_likelihood_choice"] = blind_choices[i]
+            self.records.append(record)
+
+    def finish(self) -> dict[str, Any]:
+        """``{"metrics", "records", "seconds"}`` over every rank's records, each sample once."""
+        records = gather_records(self.records)
+        self.records = []
+        refs = [r["references"] for r in records]
+        meta = [r.get("meta") for r in records] if any("meta" in r for r in records) else None
+        metrics = score(self.task, [r["prediction"] for r in records], refs, meta)
+        if records and "blind_prediction" in records[0]:
+            blind = score(self.task, [r["blind_prediction"] for r in records], refs, meta)
+            metrics.update({f"blind_{k}": v for k, v in blind.items()})
+        if (accuracy := likelihood_accuracy(records)) is not None:
+            metrics["accuracy_likelihood"] = accuracy
+        if (accuracy := likelihood_accuracy(records, "blind_likelihood_choice")) is not None:
+            metrics["blind_accuracy_likelihood"] = accuracy
+        metrics["num_samples"] = float(len(records))
+        return {"metrics": metrics, "records": records, "seconds": time.perf_counter() - self.clock}
+
+
+def log_predictions(loggers: list[Any], stage: str, records: list[dict[str, Any]], step: int, rows: int = 32) -> None:
+    """A W&B table of the first ``rows`` samples (media, prompt, prediction, references) and the first
+    few as captioned images, on every W&B logger."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = [logger for logger in loggers if isinstance(logger, WandbLogger)]
+    if not loggers or not records:
+        return
+    import wandb
+
+    strips: dict[str, Any] = {}  # video path -> a horizontal strip of frames, shown as an image
+
+    def media(path: str | None) -> Any:
+        suffix = Path(path).suffix.lower() if path else ""
+        if suffix in IMAGE_SUFFIXES:
+            return wandb.Image(path)
+        if suffix in VIDEO_SUFFIXES:
+            from perceptlm.data.video import frame_strip
+
+            try:
+                strips[path] = frame_strip(path)
+            except Exception:  # noqa: BLE001 - an undecodable clip is shown by its path
+                return path
+            return wandb.Image(strips[path])
+        if suffix in AUDIO_SUFFIXES:
+            return wandb.Audio(path)
+        return path
+
+    columns = ["id", "media", "prompt", "prediction", "references"]
+    shown = [(r, media(r.get("media"))) for r in records[:rows]]
+    data = [[r["id"], m, r["prompt"], r["prediction"], " | ".join(r["references"])] for r, m in shown]
+    images = [r for r, m in shown[:8] if isinstance(m, wandb.Image)]
+    for logger in loggers:
+        logger.log_table(f"{stage}/predictions", columns=columns, data=data, step=step)
+        if images:  # also as captioned images, which every W&B version renders
+            logger.log_image(f"{stage}/examples", images=[strips.get(r["media"], r["media"]) for r in images], step=step,
+                             caption=[f"{r['prompt'].strip()} -> {r['prediction']} (ref: {r['references'][0]})"
+                                      for r in images])
+
+
+DATA_FIELDS = ("name", "data_root", "task", "template", "fraction", "limit", "seed", "max_length")
+
+
+def config_hash(hparams: dict[str, Any], datamodule: Any) -> str:
+    """Short hash of what defines the run: model hyper-parameters and the data selection."""
+    data = {k: getattr(datamodule, k, None) for k in DATA_FIELDS}
+    blob = json.dumps({"model": dict(hparams), "data": data}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def write_test_results(module: Any, result: dict[str, Any], task: str) -> Path:
+    """``results.json`` + ``predictions.jsonl`` of a test epoch in the run directory."""
+    trainer, model, clock = module.trainer, module.model, module.clock
+    datamodule, metrics = trainer.datamodule, result["metrics"]
+    summary: dict[str, Any] = {
+        **{k: v for k, v in metrics.items() if k != "num_samples"},
+        "num_eval_samples": int(metrics["num_samples"]),
+        "preset": model.preset.name,
+        "encoder": model.encoder.name,
+        "llm": model.llm.name,
+        "dataset": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
+        "task": task,
+        "fraction": getattr(datamodule, "fraction", None),
+        "seed": getattr(datamodule, "seed", None),
+        "batch_size": getattr(datamodule, "eval_batch_size", None),
+        "trainable_params": model.num_trainable_parameters,
+        "visual_tokens": model.num_visual_tokens,
+        "train_seconds": round(clock.seconds, 2),
+        "eval_seconds": round(result["seconds"], 2),
+        "eval_samples_per_second": round(metrics["num_samples"] / max(result["seconds"], 1e-9), 2),
+        "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        "config_hash": config_hash(module.hparams, datamodule),
+    }
+    if task == "vqa":
+        summary["num_eval_questions"] = summary["num_eval_samples"]
+    if clock.samples and clock.seconds:
+        summary["train_samples"] = clock.samples
+        summary["train_samples_per_second"] = round(clock.samples / clock.seconds, 2)
+    return write_results(Path(trainer.default_root_dir), summary, result["records"])
