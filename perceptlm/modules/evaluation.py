@@ -1,63 +1,30 @@
-"""Generation-based evaluation shared by every mechanism: predictions, metrics, result files.
-
-Each rank collects ``(id, prompt, prediction, references)`` records; at the end of the epoch the
-records are gathered, de-duplicated by id (distributed samplers pad), and scored once, so the metric
-equals the single-process value whatever the number of ranks or the batch size.
+"""Generation-based evaluation shared by every mechanism: the validation/test/predict steps collect
+records, which :mod:`perceptlm.evaluation` gathers, scores and writes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from perceptlm.batch import Batch
+from perceptlm.evaluation import keys as K
+from perceptlm.evaluation.likelihood import option_loglikelihood_choice
+from perceptlm.evaluation.records import config_hash, gather_records, results_summary, write_results
+from perceptlm.evaluation.scoring import score_records
 from perceptlm.generation import truncate_at_stop
 
 
-
-def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All ranks' records, each id once, sorted by id."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        gathered: list[list[dict[str, Any]] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, records)
-        records = [r for part in gathered for r in (part or [])]
-    unique = {str(r["id"]): r for r in records}
-    return [unique[k] for k in sorted(unique, key=_natural)]
-
-
-def _natural(key: str) -> tuple[int, Any]:
-    return (0, int(key)) if key.isdigit() else (1, key)
-
-
-def score(task: str, predictions: list[str], references: list[list[str]],
-          meta: list[dict[str, Any] | None] | None = None) -> dict[str, float]:
-    """The task's metrics on coco-caption / official-VQA scales (VQA accuracy in [0, 1]); the
-    instruction tasks (mcq, yesno, conversation, llava_bench, instruct) and captions with per-sample
-    ``meta`` are scored by :func:`perceptlm.eval.scoring.score_instruction`."""
-    from perceptlm.eval.scoring import TASKS as INSTRUCTION_TASKS, score_instruction
-    from perceptlm.metrics import functional as M
-
-    if not predictions:
-        return {}
-    if task in INSTRUCTION_TASKS or (task == "caption" and meta and any(meta)):
-        return score_instruction(task, predictions, references, meta)
-    if task == "vqa":
-        if all(len(r) == 1 for r in references):
-            # One ground-truth answer per question (easy-VQA, GQA-style): the VQA leave-one-out
-            # formula needs several annotators, so score normalised exact match instead.
-            hits = [M.vqa_normalize_answer(p) == M.vqa_normalize_answer(r[0]) for p, r in zip(predictions, references)]
-            return {"accuracy": sum(hits) / len(hits)}
-        return {"accuracy": float(M.vqa_accuracy(predictions, references))}
-    if task == "caption":
-        bleu = M.bleu(predictions, references)
-        return {"cider": float(M.cider(predictions, references)), "bleu4": float(bleu[3]),
-                "rouge_l": float(M.rouge_l(predictions, references))}
-    raise ValueError(f"no metrics for task {task!r}; valid tasks: 'vqa', 'caption', {', '.join(map(repr, INSTRUCTION_TASKS))}")
+def _as_batch(batch: dict[str, Any] | Batch) -> Batch:
+    """A collated batch as a :class:`~perceptlm.batch.Batch` (collators still hand dicts)."""
+    if isinstance(batch, Batch):
+        return batch
+    names = {f.name for f in dataclasses.fields(Batch)}
+    return Batch(**{k: v for k, v in batch.items() if k in names})
 
 
 class EvaluationMixin:
@@ -80,11 +47,9 @@ class EvaluationMixin:
         blind = self._decode(self.generate(*args, blind=True, **where)) if self.hparams.eval_blind else None
         choices = blind_choices = None
         if "option_ids" in batch:  # multiple choice: also pick the most likely option
-            from perceptlm.eval.likelihood import option_loglikelihood_choice
-
-            choices = option_loglikelihood_choice(self, batch)
+            choices = option_loglikelihood_choice(self, _as_batch(batch))
             if self.hparams.eval_blind:
-                blind_choices = option_loglikelihood_choice(self, batch, blind=True)
+                blind_choices = option_loglikelihood_choice(self, _as_batch(batch), blind=True)
         for i, sample_id in enumerate(batch["ids"]):
             record = {"id": sample_id, "media": batch["sources"][i],
                       "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
@@ -93,9 +58,9 @@ class EvaluationMixin:
             if "meta" in batch:
                 record["meta"] = batch["meta"][i]
             if choices is not None:
-                record["likelihood_choice"] = choices[i]
+                record[K.LIKELIHOOD_CHOICE] = choices[i]
             if blind_choices is not None:
-                record["blind_likelihood_choice"] = blind_choices[i]
+                record[K.BLIND_LIKELIHOOD_CHOICE] = blind_choices[i]
             self._records.append(record)
 
     def _eval_start(self) -> None:
@@ -108,19 +73,7 @@ class EvaluationMixin:
         self._check_skipped("eval")
         records = gather_records(self._records)
         self._records = []
-        refs = [r["references"] for r in records]
-        meta = [r.get("meta") for r in records] if any("meta" in r for r in records) else None
-        metrics = score(self._task, [r["prediction"] for r in records], refs, meta)
-        if records and "blind_prediction" in records[0]:
-            blind = score(self._task, [r["blind_prediction"] for r in records], refs, meta)
-            metrics.update({f"blind_{k}": v for k, v in blind.items()})
-        from perceptlm.eval.scoring import likelihood_accuracy
-
-        if (accuracy := likelihood_accuracy(records)) is not None:  # multiple choice by option likelihood
-            metrics["accuracy_likelihood"] = accuracy
-        if (accuracy := likelihood_accuracy(records, "blind_likelihood_choice")) is not None:
-            metrics["blind_accuracy_likelihood"] = accuracy
-        metrics["num_samples"] = float(len(records))
+        metrics = score_records(self._task, records)
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
         if self.trainer.is_global_zero:
             self._log_prediction_table(stage, records)
@@ -197,45 +150,18 @@ class EvaluationMixin:
         datamodule = self.trainer.datamodule
         data = {k: getattr(datamodule, k, None) for k in ("name", "data_root", "task", "template", "fraction",
                                                          "limit", "seed", "max_length")}
-        blob = json.dumps({"model": dict(self.hparams), "data": data}, sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+        return config_hash(dict(self.hparams), data)
 
     def write_results(self, result: dict[str, Any]) -> Path:
         """``results.json`` + ``predictions.jsonl`` in the run directory; prints a summary table."""
         trainer = self.trainer
-        run_dir = Path(trainer.default_root_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         datamodule = trainer.datamodule
-        metrics = result["metrics"]
-        summary: dict[str, Any] = {
-            **{k: v for k, v in metrics.items() if k != "num_samples"},
-            "num_eval_samples": int(metrics["num_samples"]),
-            "preset": self.preset.name,
-            "encoder": self.encoder_name,
-            "llm": self.llm_name,
-            "dataset": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
-            "task": self._task,
-            "fraction": getattr(datamodule, "fraction", None),
-            "seed": getattr(datamodule, "seed", None),
-            "batch_size": getattr(datamodule, "eval_batch_size", None),
-            "trainable_params": self.num_trainable_parameters,
-            "visual_tokens": self.num_visual_tokens,
-            "train_seconds": round(self.train_seconds, 2),
-            "eval_seconds": round(result["seconds"], 2),
-            "eval_samples_per_second": round(metrics["num_samples"] / max(result["seconds"], 1e-9), 2),
-            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-            "config_hash": self.config_hash(),
-        }
-        if self._task == "vqa":
-            summary["num_eval_questions"] = summary["num_eval_samples"]
-        if self.train_samples and self.train_seconds:
-            summary["train_samples"] = self.train_samples
-            summary["train_samples_per_second"] = round(self.train_samples / self.train_seconds, 2)
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with open(run_dir / "predictions.jsonl", "w") as handle:
-            for record in result["records"]:
-                handle.write(json.dumps(record) + "\n")
-        width = max(len(k) for k in summary)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
-        print(f"results: {run_dir / 'results.json'}  predictions: {run_dir / 'predictions.jsonl'}")
-        return run_dir / "results.json"
+        summary = results_summary(
+            result["metrics"], preset=self.preset.name, encoder=self.encoder_name, llm=self.llm_name,
+            dataset=getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None), task=self._task,
+            fraction=getattr(datamodule, "fraction", None), seed=getattr(datamodule, "seed", None),
+            batch_size=getattr(datamodule, "eval_batch_size", None), trainable_params=self.num_trainable_parameters,
+            visual_tokens=self.num_visual_tokens, train_seconds=self.train_seconds, eval_seconds=result["seconds"],
+            checkpoint=str(trainer.ckpt_path) if trainer.ckpt_path else None, config_hash=self.config_hash(),
+            train_samples=self.train_samples)
+        return write_results(trainer.default_root_dir, summary, result["records"])
