@@ -120,7 +120,7 @@ def main(args: list[str] | None = None) -> None:
     ``perceptlm report RUNS_DIR`` (results.json files -> the papers' comparison table)."""
     args = sys.argv[1:] if args is None else args
     if args and args[0] == "report":
-        from perceptlm.report import main as report
+        from perceptlm.evaluation.report import main as report
 
         report(args[1:])
         return

@@ -20,7 +20,7 @@ from perceptlm import zoo
 from perceptlm.data import AudioCapsDataModule, ClothoDataModule, MediaDataset, SynthAudioDataModule, load_audio
 from perceptlm.data.synth_audio import KINDS, ensure_generated
 from perceptlm.encoders.hf_audio import ASTAudioEncoder, ClapAudioEncoder
-from perceptlm.modules.evaluation import score
+from perceptlm.evaluation.scoring import score
 
 RNG = np.random.default_rng(0)
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"

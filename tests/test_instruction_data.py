@@ -3,6 +3,7 @@ Flickr30k / NoCaps with CHAIR, option likelihood, and the CLI on easy-instruct."
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 from collections import Counter
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from perceptlm.batch import Batch
 from perceptlm.data import (
     CaptionInstructDataModule,
     EasyInstructDataModule,
@@ -27,8 +29,8 @@ from perceptlm.data.chat import chat_template, encode, end_of_turn_ids
 from perceptlm.data.easy_instruct import attributes, easy_instruct_records, image_facts
 from perceptlm.data.easyvqa import default_root
 from perceptlm.data.instruction import CAPTION_INSTRUCTIONS, InstructionCollator, captions_to_instructions, instruction_sample
-from perceptlm.eval.likelihood import option_loglikelihood_choice, option_loglikelihoods
-from perceptlm.modules.evaluation import score
+from perceptlm.evaluation.likelihood import option_loglikelihood_choice, option_loglikelihoods
+from perceptlm.evaluation.scoring import score
 from perceptlm.zoo import tiny_tokenizer
 
 BLANK = lambda image: torch.zeros(3, 8, 8)  # noqa: E731 - media preprocessing stand-in
@@ -232,7 +234,7 @@ def test_easy_instruct_text_oracle_states_the_truth_in_the_first_turn():
 
 
 def test_easy_instruct_reasoned_answers_state_the_image_and_read_as_their_label():
-    from perceptlm.eval.scoring import _letter_index
+    from perceptlm.evaluation.scoring import _letter_index
     from perceptlm.metrics.functional import parse_option_letter, pope_answer_is_yes
 
     dm = EasyInstructDataModule(test_images=10)
@@ -347,9 +349,10 @@ def test_option_likelihood_picks_the_most_likely_option():
             return logits
 
     prompt_ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 40]])
-    batch = {"ids": ["a", "b", "c"], "media": torch.zeros(3, 1), "prompt_ids": torch.cat([prompt_ids, prompt_ids[:1]]),
-             "prompt_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]),
-             "option_ids": [[[9], [7, 8, 9]], [[44], [41], [41, 42]], []]}
+    batch = Batch(ids=["a", "b", "c"], task="mcq", media=torch.zeros(3, 1), prompts=["", "", ""], sources=[None] * 3,
+                  prompt_ids=torch.cat([prompt_ids, prompt_ids[:1]]),
+                  prompt_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]]),
+                  option_ids=[[[9], [7, 8, 9]], [[44], [41], [41, 42]], []])
     model = NextIsPlusOne()
     assert option_loglikelihood_choice(model, batch) == [1, 1, None]
     assert option_loglikelihood_choice(model, batch, max_logits=1) == [1, 1, None]  # one pair per forward
@@ -400,6 +403,7 @@ def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny
         return [x for row in rows for x in row]
 
     instructed, uninstructed, blind = scores(), scores(instructed=False), scores(blind=True)
+    batch = Batch(**{k: v for k, v in batch.items() if k in {f.name for f in dataclasses.fields(Batch)}})
     assert len(instructed) == 6 and flat(instructed) != pytest.approx(flat(uninstructed), abs=1e-3)  # the head reads it
     assert flat(option_loglikelihoods(module, batch)) == pytest.approx(flat(instructed), abs=1e-4)
     assert option_loglikelihood_choice(module, batch) == best(instructed)
@@ -494,12 +498,18 @@ def test_data_configs_parse(name, cls, capsys):
 
 
 def test_chair_over_the_easy_vqa_shapes():
-    from perceptlm.eval.scoring import score_instruction
-
     meta = [{"task": "caption", "objects": ["circle"], "vocabulary": "easy-vqa"}] * 3
-    metrics = score_instruction("caption", ["a red triangle", "a blue circle", "two circles and a rectangle"],
+    metrics = score("caption", ["a red triangle", "a blue circle", "two circles and a rectangle"],
                                 [["a red circle"], ["a blue circle"], ["a gray circle"]], meta)
     assert metrics["chair_i"] == pytest.approx(2 / 4)  # triangle, circle, circle, rectangle: 2 not in the image
     assert metrics["chair_s"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="one object vocabulary"):
-        score_instruction("caption", ["a", "b"], [["a"], ["b"]], [meta[0], {"objects": ["dog"]}])
+        score("caption", ["a", "b"], [["a"], ["b"]], [meta[0], {"objects": ["dog"]}])
+
+
+def test_the_easy_vqa_object_vocabulary_is_the_datasets_shapes():
+    from perceptlm.data.easyvqa import SHAPES
+    from perceptlm.evaluation.scoring import EASY_VQA_SHAPES, object_vocabulary
+
+    assert EASY_VQA_SHAPES == SHAPES
+    assert set(object_vocabulary("easy-vqa")) == set(SHAPES)

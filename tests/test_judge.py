@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from perceptlm.data import LLaVABenchDataModule
-from perceptlm.eval.judge import RULES, SYSTEM, Judge, JudgeConfig, parse_scores, score_llava_bench
-from perceptlm.modules.evaluation import score
+from perceptlm.evaluation.judge import RULES, SYSTEM, Judge, JudgeConfig, parse_scores, score_llava_bench
+from perceptlm.evaluation.scoring import score
 
 REPLIES = {"q1": "8 6\nAssistant 2 misses a detail.", "q2": "10,5\nToo short.", "q3": "Both are fine.",
            "q4": "7 7\nSame.", "q5": "4 2\nWrong colour."}
@@ -145,3 +145,14 @@ def test_llava_bench_layouts_and_end_to_end(endpoint, tmp_path):
         LLaVABenchDataModule(data_root=str(coco), judge={"api_key": "secret"})
     with pytest.raises(ValueError, match="evaluation benchmark"):
         LLaVABenchDataModule(data_root=str(coco)).load_samples("train")
+
+
+def test_a_bad_judge_setting_fails_when_the_datamodule_is_built(tmp_path):
+    from dataclasses import fields
+
+    from perceptlm.data.llava_bench import JUDGE_SETTINGS
+
+    # the datamodule's list of settings is the judge's configuration but its key
+    assert set(JUDGE_SETTINGS) == {f.name for f in fields(JudgeConfig)} - {"api_key"}
+    with pytest.raises(ValueError, match=r"unknown judge settings \['modle'\]; valid: \['backoff', 'base_url'"):
+        LLaVABenchDataModule(data_root=str(tmp_path), judge={"modle": "judge-x"})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from perceptlm.report import aggregate, load_results, main
+from perceptlm.evaluation.report import aggregate, load_results, main
 
 
 def _write(root, preset, dataset, seed, value, fraction=None, seconds=100.0, metric="cider"):
@@ -70,7 +70,7 @@ def _write_instruct(root, configuration, seed, **metrics):
 
 
 def test_instruction_report_per_family_with_blind_gap_and_hallucination(tmp_path, capsys):
-    from perceptlm.report import aggregate_instruction
+    from perceptlm.evaluation.report import aggregate_instruction
 
     runs = tmp_path / "runs"
     for seed, (mcq, blind_mcq) in enumerate([(0.9, 0.3), (0.8, 0.4)]):

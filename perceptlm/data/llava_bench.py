@@ -20,7 +20,7 @@ Layouts under ``data_root``:
 
 Evaluation only; the judge is configured by ``judge`` (``base_url``, ``model``, ``cache_dir``,
 ``timeout``, ``retries``) or the environment (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``,
-``PERCEPTLM_JUDGE_MODEL``); see :mod:`perceptlm.eval.judge`. The API key is never stored in the
+``PERCEPTLM_JUDGE_MODEL``); see :mod:`perceptlm.evaluation.judge`. The API key is never stored in the
 records or the predictions.
 """
 
@@ -36,6 +36,9 @@ from perceptlm.data.instruction import InstructionDataModule, fixed_task, instru
 
 CATEGORIES = ("conv", "detail", "complex")
 LAYOUTS = {"in-the-wild": "images", "coco": "val2014"}
+# The judge settings a config may give: the fields of perceptlm.evaluation.judge.JudgeConfig but the
+# API key, checked here so that a misspelt one fails when the datamodule is built, not after generation.
+JUDGE_SETTINGS = ("backoff", "base_url", "cache_dir", "max_tokens", "model", "retries", "temperature", "timeout")
 
 
 def judge_context(record: dict[str, Any], layout: str) -> str:
@@ -90,11 +93,9 @@ class LLaVABenchDataModule(InstructionDataModule):
             raise ValueError(f"unknown LLaVA-Bench layout {layout!r}; valid: {sorted(LAYOUTS)}")
         if judge and any("key" in k.lower() for k in judge):
             raise ValueError("do not put the judge's API key in the config; set OPENAI_API_KEY in the environment")
-        from perceptlm.eval.judge import JudgeConfig
-
-        valid = sorted(set(JudgeConfig.__dataclass_fields__) - {"api_key"})
-        if judge and set(judge) - set(valid):
-            raise ValueError(f"unknown judge settings {sorted(set(judge) - set(valid))}; valid: {valid}")
+        if judge and set(judge) - set(JUDGE_SETTINGS):
+            raise ValueError(f"unknown judge settings {sorted(set(judge) - set(JUDGE_SETTINGS))}; "
+                             f"valid: {list(JUDGE_SETTINGS)}")
         super().__init__(data_root=data_root, task=fixed_task("llava-bench", task, "llava_bench"), **kwargs)
         self.layout, self.image_folder = layout, image_folder or LAYOUTS[layout]
         self.files = {"questions": questions, "answers": answers, "context": context}

@@ -8,14 +8,14 @@ ranks or the batch size. The test epoch writes ``results.json`` and ``prediction
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from perceptlm.batch import Batch
-from perceptlm.evaluation import gather_records, likelihood_accuracy, option_loglikelihood_choice, score, write_results
+from perceptlm.evaluation import keys as K
+from perceptlm.evaluation import (config_hash, gather_records, option_loglikelihood_choice, results_summary,
+                                  score_records, write_results)
 from perceptlm.model import PerceptualLM
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -60,26 +60,16 @@ class Evaluator:
             if batch.meta is not None:
                 record["meta"] = batch.meta[i]
             if choices is not None:
-                record["likelihood_choice"] = choices[i]
+                record[K.LIKELIHOOD_CHOICE] = choices[i]
             if blind_choices is not None:
-                record["blind_likelihood_choice"] = blind_choices[i]
+                record[K.BLIND_LIKELIHOOD_CHOICE] = blind_choices[i]
             self.records.append(record)
 
     def finish(self) -> dict[str, Any]:
         """``{"metrics", "records", "seconds"}`` over every rank's records, each sample once."""
         records = gather_records(self.records)
         self.records = []
-        refs = [r["references"] for r in records]
-        meta = [r.get("meta") for r in records] if any("meta" in r for r in records) else None
-        metrics = score(self.task, [r["prediction"] for r in records], refs, meta)
-        if records and "blind_prediction" in records[0]:
-            blind = score(self.task, [r["blind_prediction"] for r in records], refs, meta)
-            metrics.update({f"blind_{k}": v for k, v in blind.items()})
-        if (accuracy := likelihood_accuracy(records)) is not None:
-            metrics["accuracy_likelihood"] = accuracy
-        if (accuracy := likelihood_accuracy(records, "blind_likelihood_choice")) is not None:
-            metrics["blind_accuracy_likelihood"] = accuracy
-        metrics["num_samples"] = float(len(records))
+        metrics = score_records(self.task, records)
         return {"metrics": metrics, "records": records, "seconds": time.perf_counter() - self.clock}
 
 
@@ -126,39 +116,18 @@ def log_predictions(loggers: list[Any], stage: str, records: list[dict[str, Any]
 DATA_FIELDS = ("name", "data_root", "task", "template", "fraction", "limit", "seed", "max_length")
 
 
-def config_hash(hparams: dict[str, Any], datamodule: Any) -> str:
-    """Short hash of what defines the run: model hyper-parameters and the data selection."""
-    data = {k: getattr(datamodule, k, None) for k in DATA_FIELDS}
-    blob = json.dumps({"model": dict(hparams), "data": data}, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
 def write_test_results(module: Any, result: dict[str, Any], task: str) -> Path:
     """``results.json`` + ``predictions.jsonl`` of a test epoch in the run directory."""
     trainer, model, clock = module.trainer, module.model, module.clock
-    datamodule, metrics = trainer.datamodule, result["metrics"]
-    summary: dict[str, Any] = {
-        **{k: v for k, v in metrics.items() if k != "num_samples"},
-        "num_eval_samples": int(metrics["num_samples"]),
-        "preset": model.preset.name,
-        "encoder": model.encoder.name,
-        "llm": model.llm.name,
-        "dataset": getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None),
-        "task": task,
-        "fraction": getattr(datamodule, "fraction", None),
-        "seed": getattr(datamodule, "seed", None),
-        "batch_size": getattr(datamodule, "eval_batch_size", None),
-        "trainable_params": model.num_trainable_parameters,
-        "visual_tokens": model.num_visual_tokens,
-        "train_seconds": round(clock.seconds, 2),
-        "eval_seconds": round(result["seconds"], 2),
-        "eval_samples_per_second": round(metrics["num_samples"] / max(result["seconds"], 1e-9), 2),
-        "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
-        "config_hash": config_hash(module.hparams, datamodule),
-    }
-    if task == "vqa":
-        summary["num_eval_questions"] = summary["num_eval_samples"]
-    if clock.samples and clock.seconds:
-        summary["train_samples"] = clock.samples
-        summary["train_samples_per_second"] = round(clock.samples / clock.seconds, 2)
+    datamodule = trainer.datamodule
+    summary = results_summary(
+        result["metrics"], preset=model.preset.name, encoder=model.encoder.name, llm=model.llm.name,
+        dataset=getattr(datamodule, "name", type(datamodule).__name__ if datamodule else None), task=task,
+        fraction=getattr(datamodule, "fraction", None), seed=getattr(datamodule, "seed", None),
+        batch_size=getattr(datamodule, "eval_batch_size", None), trainable_params=model.num_trainable_parameters,
+        visual_tokens=model.num_visual_tokens, train_seconds=clock.seconds, eval_seconds=result["seconds"],
+        checkpoint=str(trainer.ckpt_path) if trainer.ckpt_path else None,
+        config_hash=config_hash(dict(module.hparams), {k: getattr(datamodule, k, None) for k in DATA_FIELDS}),
+        train_samples=clock.samples,
+    )
     return write_results(Path(trainer.default_root_dir), summary, result["records"])

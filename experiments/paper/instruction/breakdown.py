@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from perceptlm.data.easyvqa import COLORS, SHAPES
-from perceptlm.eval.scoring import score_instruction
-from perceptlm.report import configuration_of, files_below
+from perceptlm.evaluation.report import configuration_of, files_below
+from perceptlm.evaluation.scoring import score
 
 VALUES = {"color": COLORS, "shape": SHAPES}
 PROBES = ("shape-yes", "shape-no", "color-yes", "color-no")
@@ -99,9 +99,9 @@ def reasoned_choice(prediction: str, prompt: str, where: str) -> tuple[int | Non
 
 
 def _accuracy(task: str, records: list[dict[str, Any]], answer: str) -> float:
-    """The family's own accuracy (:func:`perceptlm.eval.scoring.score_instruction`), in percent."""
-    metrics = score_instruction(task, [r[answer] for r in records], [r["references"] for r in records],
-                                [r["meta"] for r in records])
+    """The family's own accuracy (:func:`perceptlm.evaluation.scoring.score`), in percent."""
+    metrics = score(task, [r[answer] for r in records], [r["references"] for r in records],
+                    [r["meta"] for r in records])
     return 100 * metrics["accuracy"]
 
 

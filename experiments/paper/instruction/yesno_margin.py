@@ -70,7 +70,10 @@ def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -
 
 def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
     """Per yes/no test probe: id, probe kind, whether present, and the trained and blind margins."""
-    from perceptlm.eval.likelihood import option_loglikelihoods
+    import dataclasses
+
+    from perceptlm.batch import Batch
+    from perceptlm.evaluation.likelihood import option_loglikelihoods
 
     load = datamodule.load_samples
 
@@ -84,9 +87,11 @@ def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
     datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media)
     datamodule.setup("test")
     out = []
+    fields = {f.name for f in dataclasses.fields(Batch)}
     for batch in datamodule.test_dataloader():
-        seeing = option_loglikelihoods(model, batch)
-        blind = option_loglikelihoods(model, batch, blind=True)
+        typed = Batch(**{k: v for k, v in batch.items() if k in fields})
+        seeing = option_loglikelihoods(model, typed)
+        blind = option_loglikelihoods(model, typed, blind=True)
         for i, sample_id in enumerate(batch["ids"]):
             out.append({"id": sample_id, "probe": batch["meta"][i]["probe"], "present": batch["references"][i][0] == "yes",
                         "margin": seeing[i][0] - seeing[i][1], "blind_margin": blind[i][0] - blind[i][1]})

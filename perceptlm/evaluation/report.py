@@ -24,7 +24,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-DEFAULT_METRICS = ("cider", "accuracy", "spider")
+from perceptlm.evaluation import keys as K
+
+DEFAULT_METRICS = K.HEADLINE
 
 
 def files_below(name: str, *roots: str | Path) -> list[Path]:
@@ -59,7 +61,7 @@ def metric_of(record: dict[str, Any], metrics: tuple[str, ...]) -> float:
     for metric in metrics:
         if record.get(metric) is not None:
             value = float(record[metric])
-            return value * 100 if metric in ("cider", "accuracy", "spider") else value
+            return value * 100 if metric in K.HEADLINE else value
     raise KeyError(f"{record['_path']}: none of the metrics {list(metrics)} is present")
 
 
@@ -159,24 +161,28 @@ def write_report(table: dict[str, Any], out: str | Path) -> list[Path]:
 # Per family: (column title, results key); the first is the family's headline metric, compared with
 # the blind baseline's ``blind_`` twin. Values are on a 0-100 scale (CIDEr x 100, as papers print it).
 FAMILIES: dict[str, list[tuple[str, str]]] = {
-    "conversation": [("accuracy", "conversation_accuracy"), ("ROUGE-L", "conversation_rouge_l")],
-    "mcq": [("accuracy (letter)", "mcq_accuracy"), ("accuracy (likelihood)", "accuracy_likelihood"),
-            ("unparsed", "mcq_unparsed")],
-    "yesno": [("accuracy", "yesno_accuracy"), ("F1", "yesno_f1"), ("yes-ratio", "yesno_yes_ratio")],
-    "caption": [("CIDEr", "caption_cider"), ("CHAIR-i", "caption_chair_i"), ("CHAIR-s", "caption_chair_s")],
+    "conversation": [("accuracy", K.prefixed("conversation", K.ACCURACY)),
+                     ("ROUGE-L", K.prefixed("conversation", K.ROUGE_L))],
+    "mcq": [("accuracy (letter)", K.prefixed("mcq", K.ACCURACY)), ("accuracy (likelihood)", K.LIKELIHOOD_ACCURACY),
+            ("unparsed", K.prefixed("mcq", K.UNPARSED))],
+    "yesno": [("accuracy", K.prefixed("yesno", K.ACCURACY)), ("F1", K.prefixed("yesno", K.F1)),
+              ("yes-ratio", K.prefixed("yesno", K.YES_RATIO))],
+    "caption": [("CIDEr", K.prefixed("caption", K.CIDER)), ("CHAIR-i", K.prefixed("caption", K.CHAIR_I)),
+                ("CHAIR-s", K.prefixed("caption", K.CHAIR_S))],
 }
 # Further metrics compared with their blind twin, as "blind (name)" and "gap (name)" columns where any
 # run has the twin: multiple choice by option likelihood, which does not need the LLM to bind letters.
-MORE_GAPS: dict[str, list[tuple[str, str]]] = {"mcq": [("likelihood", "accuracy_likelihood")]}
+MORE_GAPS: dict[str, list[tuple[str, str]]] = {"mcq": [("likelihood", K.LIKELIHOOD_ACCURACY)]}
 
 
 def _blind_and_gap(records: list[dict[str, Any]], key: str) -> tuple[Any, Any]:
     """(blind, gap) statistics of ``key`` over the records that have its ``blind_`` twin, in points."""
-    paired = [r for r in records if r.get(key) is not None and r.get("blind_" + key) is not None]
+    twin = K.blind(key)
+    paired = [r for r in records if r.get(key) is not None and r.get(twin) is not None]
     if not paired:
         return None, None
-    return (_stats([100 * float(r["blind_" + key]) for r in paired]),
-            _stats([100 * (float(r[key]) - float(r["blind_" + key])) for r in paired]))
+    return (_stats([100 * float(r[twin]) for r in paired]),
+            _stats([100 * (float(r[key]) - float(r[twin])) for r in paired]))
 
 
 def configuration_of(record: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ environment: ``OPENAI_BASE_URL`` (e.g. ``https://api.openai.com/v1``), ``OPENAI_
 ``PERCEPTLM_JUDGE_MODEL``. Replies are cached on disk under a hash of the request body, so a re-run
 sends nothing. Without an endpoint and a model, categories are reported as not scored (None).
 
-``python -m perceptlm.eval.judge RUN_DIR/predictions.jsonl`` re-scores saved LLaVA-Bench predictions.
+``python -m perceptlm.evaluation.judge RUN_DIR/predictions.jsonl`` re-scores saved LLaVA-Bench predictions.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 ROLE = "Assistant"
@@ -167,6 +167,16 @@ class Judge:
         raise JudgeError(f"{url}: no reply after {self.config.retries + 1} tries ({error})")
 
 
+def llava_bench_items(predictions: Sequence[str], references: Sequence[list[str]],
+                      meta: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judge items from LLaVA-Bench records, and the judge settings the datamodule attached."""
+    items = [{"category": info["category"], "question": info["question"], "context": info["context"],
+              "layout": info.get("layout", "in-the-wild"), "reference": refs[0], "prediction": prediction}
+             for prediction, refs, info in zip(predictions, references, meta)]
+    settings = next((dict(info["judge"]) for info in meta if info.get("judge")), {})
+    return items, settings
+
+
 def score_llava_bench(items: list[dict[str, Any]], judge: Judge) -> dict[str, dict[str, float] | None]:
     """Per category (conv, detail, complex present in ``items``, and ``all``): ``relative``
     (100 * sum model / sum reference), mean ``model`` and ``reference`` scores, ``count`` and
@@ -220,15 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     """Re-score a LLaVA-Bench ``predictions.jsonl`` (records with ``meta`` from the datamodule)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m perceptlm.eval.judge", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perceptlm.evaluation.judge", description=main.__doc__)
     parser.add_argument("predictions")
     parser.add_argument("--base-url")
     parser.add_argument("--model")
     parser.add_argument("--cache-dir")
     options = parser.parse_args(argv)
     records = [json.loads(line) for line in Path(options.predictions).read_text().splitlines() if line.strip()]
-    from perceptlm.eval.scoring import llava_bench_items
-
     items, settings = llava_bench_items([r["prediction"] for r in records], [r["references"] for r in records],
                                         [r.get("meta") or {} for r in records])
     config = JudgeConfig(**{**settings, **{k: v for k, v in (("base_url", options.base_url), ("model", options.model),
