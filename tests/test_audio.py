@@ -19,7 +19,8 @@ import torch
 from perceptlm import zoo
 from perceptlm.data import AudioCapsDataModule, ClothoDataModule, MediaDataset, SynthAudioDataModule, load_audio
 from perceptlm.data.synth_audio import KINDS, ensure_generated
-from perceptlm.encoders.hf_audio import ASTAudioEncoder, ClapAudioEncoder
+from perceptlm.encoders.ast_audio import ASTAudioEncoder
+from perceptlm.encoders.clap_audio import ClapAudioEncoder
 from perceptlm.evaluation.scoring import score
 
 RNG = np.random.default_rng(0)
@@ -97,7 +98,8 @@ def test_clap_grid_is_frequency_by_time_and_final_norm_last_stage_only(clap):
 def test_checkpoint_folders_load_through_the_zoo_prefixes(tmp_path):
     import transformers
 
-    from perceptlm.encoders.hf_audio import clap_feature_extractor, tiny_clap_model
+    from perceptlm.encoders.clap_audio import clap_feature_extractor
+    from perceptlm.zoo import tiny_clap_model
 
     audio = tiny_clap_model()
     text = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)

@@ -34,7 +34,7 @@ def test_budget_probe_learns_separable_classes_within_its_steps_and_not_random_l
 
 
 def test_pooled_features_are_the_mean_of_the_final_map_of_known_images():
-    from perceptlm.encoders.efficientnet import efficientnet_lite0_encoder
+    from perceptlm.zoo import efficientnet_lite0_encoder
 
     encoder = efficientnet_lite0_encoder().eval()
     features, facts = encoder_probe.pooled_features(encoder, "test", 3, batch=2)

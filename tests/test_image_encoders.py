@@ -11,21 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from perceptlm.encoders.efficientnet import (
-    EfficientNetEncoder,
-    build_efficientnet_lite0,
-    remap_state_dict,
-    to_rgb,
-    weights_path,
-)
-from perceptlm.encoders.hf_vision import HFVisionEncoder, tiny_hf_vision_encoder, tiny_vit_encoder
+from perceptlm.encoders.efficientnet import EfficientNetEncoder, build_efficientnet_lite0, remap_state_dict, to_rgb
+from perceptlm.encoders.hf_vision import HFVisionEncoder
+from perceptlm.zoo import efficientnet_lite0_weights, tiny_hf_vision_encoder, tiny_vit_encoder
 
 HF_TYPES = ("vit", "clip", "siglip", "dinov2")
 
 
 @pytest.fixture(scope="module")
 def lite0_model():
-    return build_efficientnet_lite0()
+    return build_efficientnet_lite0(efficientnet_lite0_weights())
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +40,7 @@ def _images(size: int, batch: int = 2) -> torch.Tensor:
 
 # -- EfficientNet-Lite0 ---------------------------------------------------------------------------
 def test_remapper_maps_every_key_once(lite0_model):
-    state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
     mapped = remap_state_dict(state, lite0_model)
     assert len(mapped) == len(state) == len(lite0_model.state_dict())
     assert set(mapped) == set(lite0_model.state_dict())

@@ -61,9 +61,9 @@ def _labeled_spans(ids: torch.Tensor, labels: torch.Tensor, tokenizer) -> list[s
 def smol_tokenizer():
     from transformers import AutoTokenizer
 
-    from perceptlm.zoo import _smollm2_folder
+    from perceptlm.zoo import smollm2_folder
 
-    return AutoTokenizer.from_pretrained(_smollm2_folder())
+    return AutoTokenizer.from_pretrained(smollm2_folder())
 
 
 def test_llava_json_labels_only_on_assistant_turns(tmp_path):

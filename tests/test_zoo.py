@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceptlm import zoo
+from perceptlm import paths, zoo
 from perceptlm.llm import LanguageModel
 
 
@@ -51,4 +51,4 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
 
 def test_missing_weights_package_is_explained():
     with pytest.raises(FileNotFoundError, match="not installed"):
-        zoo.package_dir("perceptlm_no_such_weights_package")
+        paths.package_dir("perceptlm_no_such_weights_package")

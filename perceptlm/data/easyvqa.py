@@ -26,7 +26,7 @@ SHAPES = ("circle", "rectangle", "triangle")
 
 
 def default_root() -> Path:
-    from perceptlm.zoo import package_dir
+    from perceptlm.paths import package_dir
 
     return package_dir("easy_vqa") / "data"
 

@@ -61,7 +61,7 @@ _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.float64:
 def resolve_root(option: str | os.PathLike) -> Path:
     """``"auto"`` -> ``$PERCEPTLM_CACHE/features``; anything else is the cache root itself."""
     if str(option) == "auto":
-        from perceptlm.zoo import cache_dir
+        from perceptlm.paths import cache_dir
 
         return cache_dir() / "features"
     return Path(option).expanduser()

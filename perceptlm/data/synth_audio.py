@@ -153,7 +153,7 @@ class SynthAudioDataModule(AudioCaptionDataModule):
     def root(self) -> Path:
         if self.data_root:
             return Path(self.data_root)
-        from perceptlm.zoo import cache_dir
+        from perceptlm.paths import cache_dir
 
         return cache_dir() / "synth_audio"
 

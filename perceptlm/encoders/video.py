@@ -21,12 +21,14 @@ the ``T * P`` patch tokens; with ``"cls"`` the (frame-averaged) CLS token.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from perceptlm.encoders.base import PerceptualEncoder, TokenSelection
+from perceptlm.encoders.efficientnet import image_to_tensor
+from perceptlm.encoders.hf_vision import PIL_RESAMPLE, local_processor_config
 
 TEMPORAL = ("mean", "concat")
 DEFAULT_NUM_FRAMES = 16  # DePALM's MSR-VTT protocol
@@ -158,7 +160,7 @@ class TimeSformerEncoder(PerceptualEncoder):
 
     def __init__(self, model: nn.Module, name: str | None = None, temporal: str = "concat",
                  image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
-                 resample: str | None = None, **selection: Any) -> None:
+                 resample: str | None = None, num_frames: int | None = None, **selection: Any) -> None:
         super().__init__(**selection)
         config = model.config
         if config.model_type != "timesformer":
@@ -173,7 +175,8 @@ class TimeSformerEncoder(PerceptualEncoder):
         self.image_mean = tuple(image_mean or (0.45, 0.45, 0.45))
         self.image_std = tuple(image_std or (0.225, 0.225, 0.225))
         self.resample = resample or "bilinear"
-        self._configure(config.num_frames, temporal)
+        # the checkpoint fixes the frame count; a given num_frames is only validated
+        self._configure(config.num_frames if num_frames is None else num_frames, temporal)
         self.setup_selection()
 
     def _configure(self, num_frames: int, temporal: str) -> None:
@@ -196,8 +199,6 @@ class TimeSformerEncoder(PerceptualEncoder):
         its backbone) from local files only: nothing is downloaded."""
         from transformers import TimesformerModel
 
-        from perceptlm.encoders.hf_vision import _PIL_RESAMPLE, _local_processor_config
-
         extra: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
         try:
             model = TimesformerModel.from_pretrained(name_or_dir, local_files_only=True, **extra)
@@ -206,13 +207,10 @@ class TimeSformerEncoder(PerceptualEncoder):
                 f"cannot load TimeSformer {name_or_dir!r}: not a local folder and not in the local Hugging Face "
                 f"cache (download it beforehand, e.g. `huggingface-cli download {name_or_dir}`): {error}"
             ) from None
-        processor = _local_processor_config(str(name_or_dir))
-        encoder = cls(model.eval(), name=str(name_or_dir), temporal=temporal, image_mean=processor.get("image_mean"),
-                      image_std=processor.get("image_std"), resample=_PIL_RESAMPLE.get(processor.get("resample")),
-                      **selection)
-        if num_frames is not None:
-            encoder._configure(num_frames, temporal)  # only validates: the checkpoint fixes the frame count
-        return encoder
+        processor = local_processor_config(str(name_or_dir))
+        return cls(model.eval(), name=str(name_or_dir), temporal=temporal, image_mean=processor.get("image_mean"),
+                   image_std=processor.get("image_std"), resample=PIL_RESAMPLE.get(processor.get("resample")),
+                   num_frames=num_frames, **selection)
 
     def with_selection(self, layers: int | Sequence[int] | None = None, tokens: TokenSelection | None = None,
                        final_norm: bool | None = None, num_frames: int | None = None,
@@ -247,8 +245,6 @@ class TimeSformerEncoder(PerceptualEncoder):
 
     def preprocess(self, item: Any) -> Tensor:
         """``[T, H, W, 3]`` uint8 frames -> ``[T, 3, S, S]``: plain resize, scale to [0, 1], mean/std."""
-        from perceptlm.encoders.efficientnet import image_to_tensor
-
         frames = _frames_array(item, self.num_frames, self.name)
         size = (self.image_size, self.image_size)
         return torch.stack([image_to_tensor(f, size, self.image_mean, self.image_std, self.resample) for f in frames])
@@ -265,16 +261,14 @@ def frame_major(tokens: Tensor, num_frames: int) -> Tensor:
     return torch.cat([tokens[:, None, :1].expand(batch, num_frames, 1, dim), patches], 2)
 
 
-# -- factories (zoo) ------------------------------------------------------------------------------
-def video_encoder(image: str | PerceptualEncoder, num_frames: int = DEFAULT_NUM_FRAMES, temporal: str = "mean",
-                  layers: int | Sequence[int] = 1, tokens: TokenSelection = "all", final_norm: bool = True,
-                  trainable: bool = False, **image_options: Any) -> VideoFrameEncoder:
-    """Zoo prefix ``video:NAME``: the image encoder ``NAME`` (any zoo name, hub id or folder; its
-    own options in ``image_options``) on every frame."""
-    if isinstance(image, str):
-        from perceptlm import zoo
-
-        image = zoo.load_encoder(image, trainable=trainable, **image_options)
+# -- zoo entries ----------------------------------------------------------------------------------
+def video_encoder(image: PerceptualEncoder | Callable[..., PerceptualEncoder], num_frames: int = DEFAULT_NUM_FRAMES,
+                  temporal: str = "mean", layers: int | Sequence[int] = 1, tokens: TokenSelection = "all",
+                  final_norm: bool = True, trainable: bool = False, **image_options: Any) -> VideoFrameEncoder:
+    """An image encoder on every frame: ``image`` is the encoder, or a loader called as
+    ``image(trainable=trainable, **image_options)`` (the zoo's ``video:NAME`` passes one for ``NAME``)."""
+    if not isinstance(image, PerceptualEncoder):
+        image = image(trainable=trainable, **image_options)
     return VideoFrameEncoder(image, num_frames=num_frames, temporal=temporal, layers=layers, tokens=tokens,
                              final_norm=final_norm, trainable=trainable)
 
@@ -284,29 +278,5 @@ def timesformer_encoder(name_or_dir: str, **options: Any) -> TimeSformerEncoder:
     return TimeSformerEncoder.from_pretrained(name_or_dir, **options)
 
 
-TINY_TIMESFORMER = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=64, num_hidden_layers=4,
-                        num_attention_heads=4, intermediate_size=128)
-
-
-def tiny_timesformer_encoder(temporal: str = "concat", num_frames: int | None = None,
-                             **selection: Any) -> TimeSformerEncoder:
-    """Zoo entry ``test-tiny-timesformer``: random-init (seeded) 4 blocks, width 64, 4 frames of 32 px,
-    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``)."""
-    from transformers import TimesformerConfig, TimesformerModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = TimesformerModel(TimesformerConfig(**TINY_TIMESFORMER))
-    encoder = TimeSformerEncoder(model.eval(), name="test-tiny-timesformer", temporal=temporal, **selection)
-    if num_frames is not None:
-        encoder._configure(num_frames, temporal)
-    return encoder
-
-
-def tiny_video_encoder(num_frames: int = 4, **options: Any) -> VideoFrameEncoder:
-    """Zoo entry ``test-tiny-video``: ``video:test-tiny-vit`` with 4 frames by default."""
-    return video_encoder("test-tiny-vit", num_frames=num_frames, **options)
-
-
 __all__ = ["TEMPORAL", "TimeSformerEncoder", "VideoFrameEncoder", "aggregate_frames", "frame_major",
-           "timesformer_encoder", "tiny_timesformer_encoder", "tiny_video_encoder", "video_encoder"]
+           "timesformer_encoder", "video_encoder"]

@@ -7,7 +7,6 @@ of 20 ms. Frames past the end of the real audio are masked out.
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -173,29 +172,3 @@ class WhisperAudioEncoder(PerceptualEncoder):
 
     def final_norm(self, hidden: Tensor) -> Tensor:
         return self.encoder.layer_norm(hidden)
-
-
-def whisper_tiny_en_encoder(**selection: Any) -> WhisperAudioEncoder:
-    """Whisper tiny.en's encoder (4 blocks, d=384), converted offline from the bundled CTranslate2 file.
-    ``selection``: ``layers``, ``tokens``, ``final_norm``, ``trainable``."""
-    from perceptlm.encoders.ct2_whisper import load_whisper_tiny_en
-
-    model, _, feature_extractor = load_whisper_tiny_en()
-    encoder = copy.deepcopy(model.model.encoder)  # the converted model is cached and shared
-    encoder.requires_grad_(True)  # the base class freezes it unless trainable=True
-    encoder.embed_positions.requires_grad_(False)  # sinusoidal, fixed as in Whisper
-    return WhisperAudioEncoder(encoder, feature_extractor, name="whisper-tiny.en", **selection)
-
-
-def tiny_audio_encoder(seed: int = 0, **selection: Any) -> WhisperAudioEncoder:
-    """A random-init Whisper encoder (d=64, 2 blocks, 4 heads, 80 mels, 30 s window) for tests."""
-    from transformers import WhisperConfig
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
-    config = WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                           decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
-                           num_mel_bins=80, max_source_positions=1500)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = WhisperEncoder(config)
-    return WhisperAudioEncoder(encoder, name="test-tiny-audio", **selection)

@@ -68,7 +68,7 @@ class JudgeConfig:
 
     def resolved(self) -> "JudgeConfig":
         """Missing fields from the environment (the key only ever from here or the caller)."""
-        from perceptlm.zoo import cache_dir
+        from perceptlm.paths import cache_dir
 
         key = self.api_key or os.environ.get("OPENAI_API_KEY")
         base = self.base_url or os.environ.get("OPENAI_BASE_URL") or (DEFAULT_OPENAI_URL if key else None)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from perceptlm.data.easy_instruct import image_facts
 from perceptlm.data.easyvqa import COLORS, SHAPES, default_root
-from perceptlm.encoders.efficientnet import efficientnet_lite0_encoder
+from perceptlm.zoo import efficientnet_lite0_encoder
 
 
 @torch.no_grad()

@@ -1,0 +1,126 @@
+"""Names -> backbones: :func:`load_llm` and :func:`load_encoder`.
+
+A name is one of the offline names below, or a Hugging Face hub id / local folder (the normal
+``from_pretrained`` path; offline runs need it in the local cache).
+
+Offline names:
+- ``smollm2-135m-instruct``, ``efficientnet-lite0``, ``whisper-tiny.en``: pretrained weights shipped
+  as packages (:mod:`perceptlm.zoo.packaged`).
+- ``test-tiny-llama`` (``-qwen2``, ``-mistral``, ``-opt``, ``-gpt2``), ``test-tiny-vit``,
+  ``test-tiny-audio``, ``test-tiny-ast``, ``test-tiny-clap``: tiny random-init backbones;
+  ``test-tiny-timesformer``, ``test-tiny-video`` (``video:test-tiny-vit``, 4 frames): tiny video
+  encoders (:mod:`perceptlm.zoo.tiny`).
+
+Prefixed names (``PREFIX:rest``, :data:`ENCODER_PREFIXES`):
+- ``open_clip:MODEL[:TAG]``, ``timm:NAME[:pretrained]``: open_clip image towers and timm models.
+- ``video:NAME``: the image encoder NAME (any name :func:`load_encoder` takes) run on every frame
+  (``num_frames``, ``temporal``); ``timesformer:ID``: a locally cached TimeSformer checkpoint.
+- ``ast:ID`` / ``clap:ID``: a locally cached AST checkpoint / CLAP audio tower.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from perceptlm.encoders.ast_audio import ast_from_pretrained
+from perceptlm.encoders.base import PerceptualEncoder
+from perceptlm.encoders.clap_audio import clap_from_pretrained
+from perceptlm.encoders.hf_vision import HFVisionEncoder
+from perceptlm.encoders.open_clip_encoder import open_clip_encoder
+from perceptlm.encoders.timm_encoder import timm_encoder
+from perceptlm.encoders.video import VideoFrameEncoder, timesformer_encoder, video_encoder
+from perceptlm.llm.language_model import LanguageModel
+from perceptlm.zoo.packaged import efficientnet_lite0_encoder, smollm2_folder, whisper_tiny_en_encoder
+from perceptlm.zoo.tiny import (
+    tiny_ast_encoder,
+    tiny_audio_encoder,
+    tiny_clap_encoder,
+    tiny_llm_model,
+    tiny_timesformer_encoder,
+    tiny_video_encoder,
+    tiny_vit_encoder,
+)
+
+
+# -- LLMs -----------------------------------------------------------------------------------------
+def load_llm(name: str, trainable: bool = False, dtype: torch.dtype = torch.float32, **kwargs: Any) -> LanguageModel:
+    """Load a decoder-only LLM by zoo name, hub id or local folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name.startswith("test-tiny-"):
+        family = name.removeprefix("test-tiny-")
+        model, tokenizer = tiny_llm_model(family, **kwargs)
+        return LanguageModel(model, tokenizer, name=name, trainable=trainable)
+    if name == "smollm2-135m-instruct":
+        folder: str | Path = smollm2_folder()
+    else:
+        folder = name
+    trust = bool(kwargs.pop("trust_remote_code", False))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    except OSError as error:
+        raise ValueError(
+            f"cannot load LLM {name!r}: not an offline zoo name ({', '.join(LLM_NAMES)}) and not a "
+            f"loadable hub id or folder ({error})"
+        ) from None
+    return LanguageModel(model, tokenizer, name=name, trainable=trainable)
+
+
+LLM_NAMES = ("smollm2-135m-instruct", "test-tiny-llama", "test-tiny-qwen2", "test-tiny-mistral",
+             "test-tiny-opt", "test-tiny-gpt2")
+
+
+# -- encoders -------------------------------------------------------------------------------------
+ENCODERS: dict[str, Callable[..., PerceptualEncoder]] = {
+    "efficientnet-lite0": efficientnet_lite0_encoder,
+    "whisper-tiny.en": whisper_tiny_en_encoder,
+    "test-tiny-vit": tiny_vit_encoder,
+    "test-tiny-audio": tiny_audio_encoder,
+    "test-tiny-timesformer": tiny_timesformer_encoder,
+    "test-tiny-video": tiny_video_encoder,  # video:test-tiny-vit, 4 frames
+    "test-tiny-ast": tiny_ast_encoder,
+    "test-tiny-clap": tiny_clap_encoder,
+}
+
+
+def per_frame_encoder(image: str, **options: Any) -> VideoFrameEncoder:
+    """Zoo prefix ``video:NAME``: the image encoder ``NAME`` (any zoo name, hub id or folder; its own
+    options among ``options``) on every frame (:func:`~perceptlm.encoders.video.video_encoder`)."""
+    return video_encoder(functools.partial(load_encoder, image), **options)
+
+
+# Prefixed names: ``PREFIX:rest`` -> ``loader(rest, **selection)``.
+ENCODER_PREFIXES: dict[str, Callable[..., PerceptualEncoder]] = {
+    "open_clip": open_clip_encoder,
+    "timm": timm_encoder,
+    "video": per_frame_encoder,  # video:IMAGE_ENCODER, per frame
+    "timesformer": timesformer_encoder,  # timesformer:HUB_ID_OR_DIR
+    "ast": ast_from_pretrained,  # ast:HUB_ID_OR_DIR
+    "clap": clap_from_pretrained,  # clap:HUB_ID_OR_DIR (audio tower)
+}
+
+
+def load_encoder(name: str, **selection: Any) -> PerceptualEncoder:
+    """Load a frozen perceptual encoder by zoo name, prefixed name (``ENCODER_PREFIXES``), hub id or
+    local folder. ``selection``: ``layers``, ``tokens``, ``final_norm``, ``trainable`` (and the
+    family's own options, e.g. a video encoder's frame count)."""
+    prefix, _, rest = name.partition(":")
+    if name in ENCODERS:
+        encoder = ENCODERS[name](**selection)
+    elif rest and prefix in ENCODER_PREFIXES:
+        encoder = ENCODER_PREFIXES[prefix](rest, **selection)
+    else:
+        try:
+            encoder = HFVisionEncoder.from_pretrained(name, **selection)
+        except OSError as error:
+            raise ValueError(
+                f"cannot load encoder {name!r}: not an offline zoo name ({', '.join(ENCODERS)}) and "
+                f"not a loadable hub id or folder ({error})"
+            ) from None
+    encoder.name = name
+    return encoder
