@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from perceptlm import generation
 from perceptlm.connectors import build_connector
 from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
-from perceptlm.injection import INJECTIONS
+from perceptlm.injection import build_injection
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.modules import presets
 from perceptlm.modules.contrastive import ImageTextContrastive
@@ -100,9 +100,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
             llm = copy.deepcopy(llm)  # tuning adds or unfreezes weights: leave the caller's LLM as it was
         self.llm = llm if isinstance(llm, LanguageModel) else zoo.load_llm(llm)
         self.connector = build_connector(self.encoder.embed_dim, self.llm.hidden_size, self.preset.connector)
-        if self.preset.injection not in INJECTIONS:
-            raise ValueError(f"unknown injection {self.preset.injection!r}; valid: {sorted(INJECTIONS)}")
-        self.injection = INJECTIONS[self.preset.injection](**self.preset.injection_options)
+        self.injection = build_injection(self.preset.injection, **self.preset.injection_options)
         self.injection.install(self.llm)
         apply_llm_tuning(self.llm, self.preset.llm_tuning, **(llm_tuning_options or {}))
         if compile_llm:
@@ -139,15 +137,13 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         """Perceptual tokens the LLM receives at evaluation (R-rand keeps fewer in training); per
         target layer for inner injection."""
         enc = self.encoder
-        if getattr(self.injection, "num_prompts", 0):  # LLaMA-Adapter: the prompts carry the features
-            return self.injection.num_prompts
         layers = 1 if self.injection.per_encoder_layer else enc.num_selected_layers  # per injected layer
-        return self.connector.num_output_tokens(
+        return self.injection.num_perceptual_tokens(self.connector.num_output_tokens(
             enc.num_tokens * layers,
             grid=None if enc.token_selection == "cls" else enc.grid,
             has_cls=enc.has_cls and enc.token_selection != "patches",
             num_layers=layers,
-        )
+        ))
 
     def train(self, mode: bool = True) -> "InterfaceModule":
         super().train(mode)
@@ -209,7 +205,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         """The connector on ``features``: ``[B, K, H]``, or ``[B, layers, K, H]`` with each encoder
         layer mapped separately (one shared mapper pass per encoder layer) when the injection
         wants per-layer tokens."""
-        if getattr(self.connector, "instruction_aware", False) and instruction is not None:
+        if self.connector.reads_instruction and instruction is not None:
             ids, mask = instruction
             return self.connector(features, instruction=(self.llm.embed(ids), mask))
         if not self.injection.per_encoder_layer:
@@ -391,7 +387,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         if previous is None:
             return
         seconds, world = now - previous, self.trainer.world_size
-        prefix = self.preset.prompt_tokens + (self.num_visual_tokens if self.preset.injection == "prefix" else 0)
+        prefix = self.preset.prompt_tokens + self.injection.num_prefix_tokens(self.num_visual_tokens)
         tokens = float(batch["attention_mask"].sum()) + prefix * batch["input_ids"].shape[0]
         self.log_dict({"train/samples_per_second": batch["input_ids"].shape[0] * world / seconds,
                        "train/tokens_per_second": tokens * world / seconds,
