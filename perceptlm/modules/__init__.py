@@ -1,4 +1,3 @@
-from perceptlm.modules import presets
 from perceptlm.modules.interface import InterfaceModule
 
-__all__ = ["InterfaceModule", "presets"]
+__all__ = ["InterfaceModule"]

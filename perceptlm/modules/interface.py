@@ -12,16 +12,15 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
-from perceptlm import generation
+from perceptlm import generation, presets
 from perceptlm.connectors import build_connector
 from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
 from perceptlm.injection import build_injection
 from perceptlm.llm.language_model import LanguageModel
-from perceptlm.modules import presets
 from perceptlm.modules.contrastive import ImageTextContrastive
 from perceptlm.modules.evaluation import EvaluationMixin
 from perceptlm.modules.persistence import FROZEN_COMPONENTS, PersistenceMixin
-from perceptlm.modules.stages import initialise_from, stage_recipe
+from perceptlm.modules.stages import initialise_from
 from perceptlm.tuning import PromptTokens, apply_llm_tuning
 
 
@@ -86,7 +85,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         self.save_hyperparameters(ignore=[] if isinstance(encoder, str) and isinstance(llm, str) else ["encoder", "llm"])
         self.encoder_name = encoder if isinstance(encoder, str) else encoder.name
         self.llm_name = llm if isinstance(llm, str) else llm.name
-        recipe = stage_recipe(presets.get(preset), stage)
+        recipe = presets.get(preset).stage(stage)
         self.preset = presets.get(preset).with_overrides(
             features=features, connector=connector, injection=injection, injection_options=injection_options,
             prompt_tokens=prompt_tokens,

@@ -2,35 +2,16 @@
 instructions, the second initialised from the first's trainable weights.
 
 ``InterfaceModule(stage="align" | "instruct", init_from=PATH)`` applies the preset's recipe
-(:attr:`Preset.stages`: LLM tuning and its learning rate ``llm_lr``, frozen connector) and copies the trainable weights of a
-checkpoint (``.ckpt``) or a ``save_pretrained`` folder.
+(:meth:`perceptlm.presets.Preset.stage`: LLM tuning and its learning rate ``llm_lr``, frozen connector)
+and copies the trainable weights of a checkpoint (``.ckpt``) or a ``save_pretrained`` folder.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
-
-
-def stage_recipe(preset: Any, stage: str | None) -> dict[str, Any]:
-    """The preset's recipe for ``stage`` (empty when ``stage`` is None)."""
-    if stage is None:
-        return {}
-    if not preset.stages:
-        raise ValueError(f"preset {preset.name!r} has no stage recipes; presets with stages: "
-                         f"{', '.join(_presets_with_stages())}")
-    if stage not in preset.stages:
-        raise ValueError(f"preset {preset.name!r} has no stage {stage!r}; valid: {sorted(preset.stages)}")
-    return dict(preset.stages[stage])
-
-
-def _presets_with_stages() -> list[str]:
-    from perceptlm.modules.presets import PRESETS
-
-    return sorted(name for name, p in PRESETS.items() if p.stages)
 
 
 def read_trainable_state(path: str | Path) -> dict[str, Tensor]:
