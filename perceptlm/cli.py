@@ -100,13 +100,14 @@ def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
 def presets_table(encoder: str, llm: str) -> str:
     """Markdown table of every preset on the given backbones: trainable parameters, visual tokens."""
     from perceptlm import presets, zoo
+    from perceptlm.model import PerceptualLM
 
     llm_module, encoder_module = zoo.load_llm(llm), zoo.load_encoder(encoder)  # each preset views them
     rows = ["| preset | trainable params | visual tokens | injection | LLM tuning | paper |", "|---|---:|---:|---|---|---|"]
     for name in presets.names():
         preset = presets.get(name)
         try:
-            module = presets.build(name, encoder_module, llm_module)
+            module = PerceptualLM.build(name, encoder_module, llm_module)
             count, tokens = f"{module.num_trainable_parameters:,}", str(module.num_visual_tokens)
         except ValueError as error:  # e.g. a layer selection this encoder cannot serve
             count, tokens = "n/a", f"({error})"
@@ -116,7 +117,9 @@ def presets_table(encoder: str, llm: str) -> str:
 
 def main(args: list[str] | None = None) -> None:
     """The ``perceptlm`` console script: LightningCLI subcommands, plus
-    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table) and
+    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table, counted on those backbones;
+    ``--markdown [--write FILE]``: the four-axes table of the preset files, printed or written into
+    FILE between its markers) and
     ``perceptlm report RUNS_DIR`` (results.json files -> the papers' comparison table)."""
     args = sys.argv[1:] if args is None else args
     if args and args[0] == "report":
@@ -130,7 +133,18 @@ def main(args: list[str] | None = None) -> None:
         parser = argparse.ArgumentParser(prog="perceptlm presets", description=presets_table.__doc__)
         parser.add_argument("--encoder", default="test-tiny-vit")
         parser.add_argument("--llm", default="test-tiny-llama")
+        parser.add_argument("--markdown", action="store_true", help="the four-axes table of the preset files")
+        parser.add_argument("--write", metavar="FILE", help="with --markdown: replace the table in FILE")
         options = parser.parse_args(args[1:])
+        if options.markdown:
+            from perceptlm import presets
+
+            if options.write:
+                changed = presets.write_table(options.write)
+                print(f"{options.write}: {'table updated' if changed else 'table already current'}")
+            else:
+                print(presets.markdown_table())
+            return
         print(presets_table(options.encoder, options.llm))
         return
     cli(None if args == sys.argv[1:] else args)  # None: LightningCLI reads sys.argv itself

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptlm import presets
+from perceptlm import build
 from perceptlm.data.collate import Collator, Sample
 from perceptlm.losses.contrastive import ImageTextContrastive
 
@@ -85,7 +85,7 @@ def _batch(module, answers):
 
 def test_interface_adds_the_weighted_itc_loss_in_training_only(tmp_path, tiny_encoder, tiny_llm):
     torch.manual_seed(0)
-    module = presets.build("blip2", tiny_encoder, tiny_llm, stage="align", itc_weight=0.5,
+    module = build("blip2", tiny_encoder, tiny_llm, stage="align", itc_weight=0.5,
                            connector={**TINY_QFORMER, "dropout": 0.0})
     batch = _batch(module, ["a red circle", "a red circle", "a blue square", "a teal triangle"])
     module.train()
@@ -106,9 +106,9 @@ def test_interface_adds_the_weighted_itc_loss_in_training_only(tmp_path, tiny_en
     assert all(p.grad is None for p in module.llm.parameters())
     # the next stage (no ITC) starts from such a checkpoint: the ITC head is left behind
     module.save_pretrained(tmp_path / "align")
-    instruct = presets.build("blip2", tiny_encoder, tiny_llm, stage="instruct", connector={**TINY_QFORMER, "dropout": 0.0},
+    instruct = build("blip2", tiny_encoder, tiny_llm, stage="instruct", connector={**TINY_QFORMER, "dropout": 0.0},
                              init_from=str(tmp_path / "align"))
     assert instruct.contrastive is None
     assert torch.equal(instruct.connector.qformer.queries, module.connector.qformer.queries)
     with pytest.raises(ValueError, match="itc_weight must be >= 0"):
-        presets.build("blip2", tiny_encoder, tiny_llm, itc_weight=-1.0, connector=TINY_QFORMER)
+        build("blip2", tiny_encoder, tiny_llm, itc_weight=-1.0, connector=TINY_QFORMER)

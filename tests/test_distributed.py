@@ -192,14 +192,14 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_encoder, tiny_llm):
     """DDP (``find_unused_parameters=False``, the default) fails on the second step when a parameter
     that requires a gradient received none: every preset must use all of its trainable weights
     (zero-initialised gates give zero gradients, which DDP accepts, not missing ones)."""
-    from perceptlm import presets
+    from perceptlm import build, presets
     from perceptlm.data.collate import Collator, Sample
 
     samples = [Sample(str(i), torch.randn(3, 32, 32), p, [a])
                for i, (p, a) in enumerate([("shape?\n\nAnswer:\n", "circle"), ("color?\n\nAnswer:\n", "teal")])]
     for name in presets.names():
         # injections install hooks on the LLM they are given: each preset gets its own copy
-        module = presets.build(name, tiny_encoder, copy.deepcopy(tiny_llm), **_tiny_overrides(presets.get(name)))
+        module = build(name, tiny_encoder, copy.deepcopy(tiny_llm), **_tiny_overrides(presets.get(name)))
         module.train()
         module.loss(Collator(module.tokenizer, "vqa", train=True)(samples)).backward()
         missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]

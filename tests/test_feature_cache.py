@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perceptlm import presets
+from perceptlm import build
 from perceptlm.cli import cli
 from perceptlm.data import EasyVQADataModule
 from perceptlm.data.easyvqa import default_root
@@ -40,7 +40,7 @@ def small_root(tmp_path):
 
 
 def _module(tiny_encoder, tiny_llm):
-    return presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
+    return build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
 
 
 def _datamodule(module, root, cache=None, batch_size=4):
@@ -279,7 +279,7 @@ def test_video_cache_needs_uniform_training_frames(tmp_path, tiny_llm):
     from perceptlm.data import SynthVideoDataModule
 
     encoder = zoo.load_encoder("test-tiny-video")
-    module = presets.build("depalm-qp-l0", encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
+    module = build("depalm-qp-l0", encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
     kwargs = dict(data_root=str(tmp_path / "clips"), num_train=4, num_test=2, clip_frames=8, frame_size=32, batch_size=4)
 
     def datamodule(**extra):

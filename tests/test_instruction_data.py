@@ -364,9 +364,9 @@ def test_option_likelihood_picks_the_most_likely_option():
 def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny_encoder, tiny_llm):
     """InstructBLIP's Q-Former reads the prompt when options are scored, as in training and generation;
     ``blind`` scores with the perceptual tokens zeroed."""
-    from perceptlm import presets
+    from perceptlm import build
 
-    module = presets.build("instructblip", tiny_encoder, tiny_llm, stage="instruct",
+    module = build("instructblip", tiny_encoder, tiny_llm, stage="instruct",
                            connector={"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}).eval()
     torch.manual_seed(0)
     with torch.no_grad():

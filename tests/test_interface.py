@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptlm import presets
+from perceptlm import build, presets
 from perceptlm.data.collate import Collator, Sample
 
 
 def _module(tiny_encoder, tiny_llm, **overrides):
-    return presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, **overrides)
+    return build("depalm-qp-l0", tiny_encoder, tiny_llm, **overrides)
 
 
 def _batch(module, prompts, answers, train=True, size=32):
@@ -28,7 +28,7 @@ ANSWERS = ["circle", "no", "teal"]
 def test_presets_listed_and_unknown_rejected(tiny_encoder, tiny_llm):
     assert "depalm-qp-l0" in presets.names()
     with pytest.raises(ValueError, match="valid presets: .*depalm-qp-l0"):
-        presets.build("no-such-preset", tiny_encoder, tiny_llm)
+        build("no-such-preset", tiny_encoder, tiny_llm)
     with pytest.raises(ValueError, match="unknown preset override"):
         presets.get("depalm-qp-l0").with_overrides(mapper={"x": 1})
 
@@ -192,7 +192,7 @@ def test_save_and_load_pretrained_generate_the_same(tmp_path, tiny_encoder, tiny
 
 def test_compiled_llm_layers_give_the_eager_loss_and_gradients(tiny_encoder, tiny_llm):
     eager = _module(tiny_encoder, tiny_llm)
-    compiled = presets.build("depalm-qp-l0", tiny_encoder, copy.deepcopy(tiny_llm), compile_llm=True)
+    compiled = build("depalm-qp-l0", tiny_encoder, copy.deepcopy(tiny_llm), compile_llm=True)
     compiled.load_state_dict(eager.state_dict())
     assert all(layer._compiled_call_impl is not None for layer in compiled.llm.layers)
     assert not any(getattr(layer, "_compiled_call_impl", None) for layer in tiny_llm.layers)  # the caller's copy

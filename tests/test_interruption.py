@@ -18,7 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from perceptlm import presets
+from perceptlm import build
 from perceptlm.training.callbacks import EXIT_PREEMPTED
 from perceptlm.training.checkpointing import AtomicCheckpointIO
 from perceptlm.cli import cli
@@ -209,7 +209,7 @@ def one_thread():
 
 def _fit(tiny_encoder, tiny_llm, run_dir: Path, ckpt_path: Path | None = None, **limits) -> tuple[dict, Recorder]:
     L.seed_everything(0)
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4})
     recorder = Recorder()
     callbacks = [recorder,
                  ModelCheckpoint(dirpath=run_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1),

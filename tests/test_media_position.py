@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptlm import presets
+from perceptlm import build
 
 
 @pytest.fixture
 def module(tiny_encoder, tiny_llm):
-    return presets.build("depalm-qp-l0", tiny_encoder, tiny_llm).eval()  # eval: no dropout
+    return build("depalm-qp-l0", tiny_encoder, tiny_llm).eval()  # eval: no dropout
 
 
 def _manual_hidden(module, image, ids, position):

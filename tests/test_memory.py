@@ -11,7 +11,7 @@ import psutil
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from perceptlm import presets
+from perceptlm import build
 from perceptlm.data import EasyVQADataModule
 
 EPOCHS = 6
@@ -51,7 +51,7 @@ class MemoryProbe(Callback):
 
 
 def test_memory_does_not_grow_across_epochs(tiny_encoder, tiny_llm):
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4},
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"width": 64, "num_queries": 4},
                            max_new_tokens=4, eval_blind=True)
     data = EasyVQADataModule(batch_size=4, limit=8, val_limit=6, eval_batch_size=3)
     probe = MemoryProbe()

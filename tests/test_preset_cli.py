@@ -1,27 +1,27 @@
 """Every preset through the real CLI on tiny backbones: ``perceptlm fit`` for 2 steps, then
-``perceptlm validate`` from the checkpoint it wrote."""
+``perceptlm validate`` from the checkpoint it wrote; and a preset file from a folder of one's own, named
+by ``PERCEPTLM_PRESETS``, through the same commands."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from test_preset_files import NEW_PRESET
+from test_presets import tiny_overrides
 
 from perceptlm import presets
 from perceptlm.cli import cli
 
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs"
-TINY_QFORMER = '{"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}'
-OVERRIDES = {"blip2": TINY_QFORMER, "minigpt4": TINY_QFORMER, "mplug-owl": TINY_QFORMER, "instructblip": TINY_QFORMER,
-             "flamingo": '{"num_layers": 2, "num_queries": 4}', "mapl": '{"width": 32, "num_queries": 4}',
-             "depalm-qp-l0": '{"num_queries": 4}', "depalm-qp-inner": '{"num_queries": 4}'}
 
 
-@pytest.mark.parametrize("name", presets.names())
-def test_fit_two_steps_then_validate(name, tmp_path):
+def fit_then_validate(name, tmp_path, mechanism_config, *extra):
+    """``perceptlm fit`` for 2 steps on tiny backbones, then ``perceptlm validate`` from its checkpoint."""
     args = [
-        "--config", str(CONFIGS / "mechanisms" / f"{name}.yaml"),
+        "--config", str(mechanism_config),
         "--config", str(CONFIGS / "data" / "easyvqa.yaml"),
         "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--model.init_args.encoder", "test-tiny-vit", "--model.init_args.llm", "test-tiny-llama",
@@ -30,12 +30,10 @@ def test_fit_two_steps_then_validate(name, tmp_path):
         "--data.init_args.val_limit", "3", "--data.init_args.eval_batch_size", "3",
         "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.default_root_dir", str(tmp_path), *extra,
     ]
-    if name in OVERRIDES:
-        args += ["--model.init_args.connector", OVERRIDES[name]]
-    if name == "epalm":  # test-tiny-vit has 4 readable layers; eP-ALM reads 6
-        args += ["--model.init_args.features", '{"layers": 4}']
+    for field, value in tiny_overrides(presets.get(name)).items():  # paper-size Q-Formers, eP-ALM's 6 layers
+        args += [f"--model.init_args.{field}", json.dumps(value)]
     cli(["fit", *args])
     checkpoints = list(tmp_path.glob("**/*.ckpt"))
     assert len(checkpoints) == 1
@@ -46,3 +44,20 @@ def test_fit_two_steps_then_validate(name, tmp_path):
     metrics = run.trainer.callback_metrics
     assert run.model.preset.name == name and metrics["val/num_samples"] == 3
     assert 0.0 <= float(metrics["val/accuracy"]) <= 1.0
+
+
+@pytest.mark.parametrize("name", presets.names())
+def test_fit_two_steps_then_validate(name, tmp_path):
+    fit_then_validate(name, tmp_path, CONFIGS / "mechanisms" / f"{name}.yaml")
+
+
+def test_a_preset_file_of_ones_own_through_the_cli(tmp_path, monkeypatch):
+    """A new combination (4 QPMapper summary tokens injected inner) is one file in a folder of one's
+    own; the run config of a shipped preset serves, with ``--model.init_args.preset`` naming it."""
+    folder = tmp_path / "presets"
+    folder.mkdir()
+    (folder / "qp4-inner.yaml").write_text(NEW_PRESET)
+    monkeypatch.setenv("PERCEPTLM_PRESETS", str(folder))
+    assert "qp4-inner" in presets.names()
+    fit_then_validate("qp4-inner", tmp_path / "run", CONFIGS / "mechanisms" / "depalm-qp-l0.yaml",
+                      "--model.init_args.preset", "qp4-inner")

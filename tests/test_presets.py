@@ -1,6 +1,8 @@
 """Every L0 (prefix) preset of the two studies on tiny backbones: visual-token shapes, trainable
 counts against the documented formula, frozen backbones after a step, causality; the connectors'
-own properties (token resampler grouping, R-rand sampling, Q-Former masking/freezing, ClipCap)."""
+own properties (token resampler grouping, R-rand sampling, Q-Former masking/freezing, ClipCap).
+The presets come from their files (``perceptlm.presets.names()``); every expected fact is derived
+from a preset's fields, so a new preset file is checked with no change here."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from perceptlm import build as build_preset
 from perceptlm import presets, zoo
 from perceptlm.connectors import (
     CONNECTORS,
@@ -28,19 +31,43 @@ from perceptlm.connectors.resampler import sample_keep_fraction
 from perceptlm.data.collate import Collator, Sample
 from perceptlm.encoders.base import PerceptualFeatures
 
-L0_PRESETS = ["limber-1", "limber-all", "mapl", "depalm-qp-l0", "depalm-r-avgpool", "depalm-r-linear",
-              "depalm-r-qpmapper", "depalm-r-rand", "llava", "llava-1.5", "clipcap", "blip2", "minigpt4",
-              "mplug-owl", "instructblip"]
-# Paper-size Q-Formers (768/1024 wide, 6-12 layers) are too big for CPU tests: shrink them.
-TINY = {"width": 64, "num_layers": 2, "num_heads": 4}
-TEST_OVERRIDES = {"blip2": TINY, "minigpt4": TINY, "mplug-owl": TINY, "instructblip": TINY}
-# test-tiny-vit: CLS + 4x4 grid, width 64; test-tiny-llama: width 64.
-VISUAL_TOKENS = {"limber-1": 1, "limber-all": 17, "mapl": 32, "depalm-qp-l0": 32, "depalm-r-avgpool": 5,
-                 "depalm-r-linear": 5, "depalm-r-qpmapper": 5, "depalm-r-rand": 17, "llava": 16,
-                 "llava-1.5": 16, "clipcap": 10, "blip2": 32, "minigpt4": 32, "mplug-owl": 64, "instructblip": 32}
+L0_PRESETS = [name for name in presets.names() if presets.get(name).injection == "prefix"]
 CONFIGS = Path(__file__).parents[1] / "experiments" / "configs" / "mechanisms"
 PROMPTS = ["what shape?\n\nAnswer:\n", "color?\n\nAnswer:\n"]
 ANSWERS = ["circle", "teal"]
+
+
+def tiny_overrides(preset: presets.Preset, encoder_layers: int = 4) -> dict:
+    """Paper-size Q-Formers (768/1024 wide, 6-12 layers) shrunk for CPU tests; a feature selection
+    deeper than test-tiny-vit's ``encoder_layers`` readable layers (eP-ALM reads 6) capped."""
+    overrides = {}
+    if preset.connector.get("type") == "qformer":
+        overrides["connector"] = {"num_layers": 2, "num_heads": 4, "num_queries": 8,
+                                  **({"width": 64} if preset.connector.get("width") else {})}
+    if isinstance(preset.features.get("layers"), int) and preset.features["layers"] > encoder_layers:
+        overrides["features"] = {"layers": encoder_layers}
+    return overrides
+
+
+def expected_visual_tokens(preset: presets.Preset, encoder) -> int:
+    """The prefix tokens a preset gives at evaluation, from its fields and the encoder's geometry
+    (CLS + a ``grid`` of patches per layer)."""
+    c, selection = preset.connector, preset.features.get("tokens", "all")
+    rows, columns = encoder.grid
+    per_layer = {"cls": 1, "patches": rows * columns, "all": 1 + rows * columns}[selection]
+    layers = preset.features.get("layers", 1)
+    layers = layers if isinstance(layers, int) else len(layers)
+    kind = c.get("type", "mapping")
+    if kind == "mapping":
+        return c.get("num_queries", 32) if c.get("transformer", "qpmapper") == "qpmapper" else layers * per_layer
+    if kind == "resampler":  # CLS + one token per 2x2 window (R-rand: every token at evaluation)
+        windows = math.ceil(rows / 2) * math.ceil(columns / 2)
+        return layers * (per_layer if c["mode"] == "rand" else int(selection != "patches") + windows)
+    if kind == "clipcap":
+        return c.get("prefix_length", 10)
+    if kind == "qformer":
+        return c.get("num_queries", 32)
+    raise AssertionError(f"no visual-token count for connector type {kind}")
 
 
 # -- the documented formula, twice: the preset's string evaluated, and an independent count ---------
@@ -108,8 +135,10 @@ def expected_trainable(preset: presets.Preset, D: int, H: int, llm=None) -> int:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def build(name, encoder, llm, **overrides):
-    connector = {**TEST_OVERRIDES.get(name, {}), **overrides.pop("connector", {})}
-    return presets.build(name, encoder, llm, connector=connector or None, **overrides)
+    preset = presets.get(name)
+    for key, value in tiny_overrides(preset).items():
+        overrides[key] = {**value, **overrides.get(key, {})}
+    return build_preset(name, encoder, llm, **overrides)
 
 
 def make_batch(module, train=True):
@@ -124,7 +153,7 @@ def features(tokens, cls_index=0, grid=None, mask=None):
 
 
 def encoder_for(name, tiny_encoder):
-    selection = presets.get(name).features
+    selection = {**presets.get(name).features, **tiny_overrides(presets.get(name)).get("features", {})}
     if selection == {"layers": 1, "tokens": "all"}:
         return tiny_encoder
     return zoo.load_encoder("test-tiny-vit", **selection)
@@ -132,11 +161,16 @@ def encoder_for(name, tiny_encoder):
 
 # -- presets ---------------------------------------------------------------------------------------
 def test_every_preset_is_listed_documented_and_configured():
+    from perceptlm.injection import INJECTIONS
+    from perceptlm.tuning import LLM_TUNINGS
+
     readme = (Path(__file__).parents[1] / "experiments" / "README.md").read_text()
+    assert L0_PRESETS and set(L0_PRESETS) < set(presets.names())
     for name in presets.names():
         preset = presets.get(name)
         assert preset.paper and preset.trainable_formula
         assert (preset.injection == "prefix") == (name in L0_PRESETS)
+        assert preset.injection in INJECTIONS and preset.llm_tuning in LLM_TUNINGS
         assert preset.connector.get("type", "mapping") in CONNECTORS
         config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
         assert config["model"]["init_args"]["preset"] == name
@@ -151,8 +185,8 @@ def test_visual_tokens_and_trainable_count(name, tiny_encoder, tiny_llm):
     batch = make_batch(module)
     visual = module.perceive(batch["media"])
     H, D = tiny_llm.hidden_size, encoder.embed_dim
-    assert visual.shape == (2, VISUAL_TOKENS[name], H)
-    assert module.num_visual_tokens == VISUAL_TOKENS[name]
+    assert visual.shape == (2, expected_visual_tokens(module.preset, encoder), H)
+    assert module.num_visual_tokens == expected_visual_tokens(module.preset, encoder)
     assert module.perceive(batch["media"], blind=True).shape == visual.shape  # the blind baseline
     expected = expected_trainable(module.preset, D, H, tiny_llm)
     assert formula_value(module.preset, D, H, tiny_llm) == expected

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from perceptlm import presets
+from perceptlm import build
 from perceptlm.data import EasyVQADataModule
 
 
@@ -47,7 +47,7 @@ def test_corrupt_media_are_skipped_and_counted(tmp_path, tiny_encoder, tiny_llm,
     truncated = png.read_bytes()[:20]
     root = _dataset(tmp_path / "data", {"a": None, "b": b"not an image", "c": None, "d": truncated,
                                         "e": None, "f": None, "g": None, "h": None})
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
                            max_skipped_fraction=0.5)
     trainer = _fit(module, root, steps=4)
     assert trainer.global_step == 4  # the run went on
@@ -58,7 +58,7 @@ def test_corrupt_media_are_skipped_and_counted(tmp_path, tiny_encoder, tiny_llm,
 
 def test_too_many_skipped_is_an_error(tmp_path, tiny_encoder, tiny_llm):
     root = _dataset(tmp_path / "data", {"a": None, "b": b"broken", "c": b"broken", "d": None})
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
                            max_skipped_fraction=0.1)
     with pytest.raises(RuntimeError, match=r"2 of 4 train samples .* max_skipped_fraction=0.1"):
         _fit(module, root, steps=2)
@@ -68,7 +68,7 @@ def test_decompression_bomb_is_refused_not_decoded(tmp_path, tiny_encoder, tiny_
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20_000, 20_000)).save(bomb)  # 400 Mpixels: above PIL's bomb limit, small on disk
     root = _dataset(tmp_path / "data", {"a": None, "bomb": bomb.read_bytes()})
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
                            max_skipped_fraction=0.5)
     _fit(module, root, steps=1)
     assert "DecompressionBombError" in capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_image_modes_load_as_rgb(tmp_path, tiny_encoder, mode):
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nonfinite_loss_is_never_silent(tmp_path, tiny_encoder, tiny_llm, policy, monkeypatch, capsys):
     root = _dataset(tmp_path / "data", {str(i): None for i in range(8)})
-    module = presets.build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
                            nonfinite_loss=policy)
     real_loss, calls = module.loss, {"n": 0}
 

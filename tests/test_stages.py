@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceptlm import presets
+from perceptlm import build
 
 TINY_QFORMER = {"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}
 
 
 def test_llava_aligns_the_projector_then_tunes_the_llm(tmp_path, tiny_encoder, tiny_llm):
-    align = presets.build("llava", tiny_encoder, tiny_llm, stage="align")
+    align = build("llava", tiny_encoder, tiny_llm, stage="align")
     assert align.preset.llm_tuning == "frozen"
     assert {k.split(".")[0] for k, p in align.named_parameters() if p.requires_grad} == {"connector"}
     with torch.no_grad():
         align.connector.output[0].weight.add_(1.0)  # "trained"
     align.save_pretrained(tmp_path / "align")
-    instruct = presets.build("llava", tiny_encoder, tiny_llm, stage="instruct", init_from=str(tmp_path / "align"))
+    instruct = build("llava", tiny_encoder, tiny_llm, stage="instruct", init_from=str(tmp_path / "align"))
     assert instruct.preset.llm_tuning == "full" and instruct.llm is not tiny_llm  # the caller's LLM untouched
     assert torch.equal(instruct.connector.output[0].weight, align.connector.output[0].weight)
     assert all(p.requires_grad for p in instruct.llm.parameters())
@@ -31,17 +31,17 @@ def test_llava_aligns_the_projector_then_tunes_the_llm(tmp_path, tiny_encoder, t
     rates = {("llm" if id(g["params"][0]) in llm_ids else "connector", g["weight_decay"] > 0): g["initial_lr"] for g in groups}
     assert rates == {("llm", True): 2e-5, ("llm", False): 2e-5, ("connector", True): 8e-4, ("connector", False): 8e-4}
     assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in instruct.parameters())
-    lora = presets.build("llava", tiny_encoder, tiny_llm, stage="instruct", llm_tuning="lora",
+    lora = build("llava", tiny_encoder, tiny_llm, stage="instruct", llm_tuning="lora",
                          init_from=str(tmp_path / "align"))  # the study's frozen / LoRA / full ablation
     assert lora.preset.llm_tuning == "lora"
 
 
 def test_mplug_owl_freezes_its_abstractor_in_stage_two(tmp_path, tiny_encoder, tiny_llm):
-    align = presets.build("mplug-owl", tiny_encoder, tiny_llm, stage="align", connector=TINY_QFORMER)
+    align = build("mplug-owl", tiny_encoder, tiny_llm, stage="align", connector=TINY_QFORMER)
     assert align.preset.llm_tuning == "frozen"
     checkpoint = tmp_path / "align.ckpt"
     torch.save({"state_dict": {k: v for k, v in align.state_dict().items() if k in align.trainable_keys()}}, checkpoint)
-    instruct = presets.build("mplug-owl", tiny_encoder, tiny_llm, stage="instruct", connector=TINY_QFORMER,
+    instruct = build("mplug-owl", tiny_encoder, tiny_llm, stage="instruct", connector=TINY_QFORMER,
                              init_from=str(checkpoint))
     trainable = {k for k, p in instruct.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in k for k in trainable)
@@ -51,9 +51,9 @@ def test_mplug_owl_freezes_its_abstractor_in_stage_two(tmp_path, tiny_encoder, t
 
 
 def test_instructblip_starts_from_a_blip2_alignment(tmp_path, tiny_encoder, tiny_llm):
-    blip2 = presets.build("blip2", tiny_encoder, tiny_llm, stage="align", connector=TINY_QFORMER)
+    blip2 = build("blip2", tiny_encoder, tiny_llm, stage="align", connector=TINY_QFORMER)
     blip2.save_pretrained(tmp_path / "blip2")
-    module = presets.build("instructblip", tiny_encoder, tiny_llm, stage="instruct", connector=TINY_QFORMER,
+    module = build("instructblip", tiny_encoder, tiny_llm, stage="instruct", connector=TINY_QFORMER,
                            init_from=str(tmp_path / "blip2"))
     assert torch.equal(module.connector.qformer.queries, blip2.connector.qformer.queries)
     assert module.connector.instruction is not None  # new in this stage, left at its initialisation
@@ -61,14 +61,14 @@ def test_instructblip_starts_from_a_blip2_alignment(tmp_path, tiny_encoder, tiny
 
 def test_stage_errors_name_the_valid_choices(tmp_path, tiny_encoder, tiny_llm):
     with pytest.raises(ValueError, match=r"no stage 'pretrain'; valid: \['align', 'instruct'\]"):
-        presets.build("llava", tiny_encoder, tiny_llm, stage="pretrain")
+        build("llava", tiny_encoder, tiny_llm, stage="pretrain")
     with pytest.raises(ValueError, match="has no stage recipes; presets with stages: blip2"):
-        presets.build("limber-1", tiny_encoder, tiny_llm, stage="align")
+        build("limber-1", tiny_encoder, tiny_llm, stage="align")
     with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
-        presets.build("llava", tiny_encoder, tiny_llm, init_from=str(tmp_path / "missing.ckpt"))
-    other = presets.build("mapl", tiny_encoder, tiny_llm, connector={"width": 32, "num_queries": 4})
+        build("llava", tiny_encoder, tiny_llm, init_from=str(tmp_path / "missing.ckpt"))
+    other = build("mapl", tiny_encoder, tiny_llm, connector={"width": 32, "num_queries": 4})
     other.save_pretrained(tmp_path / "mapl")
     with pytest.raises(ValueError, match="shapes differ"):  # mapl's output Linear reads width 32, llava's 64
-        presets.build("llava", tiny_encoder, tiny_llm, init_from=str(tmp_path / "mapl"))
+        build("llava", tiny_encoder, tiny_llm, init_from=str(tmp_path / "mapl"))
     with pytest.raises(KeyError, match="holds none of this module's trainable weights"):
-        presets.build("clipcap", tiny_encoder, tiny_llm, init_from=str(tmp_path / "mapl"))
+        build("clipcap", tiny_encoder, tiny_llm, init_from=str(tmp_path / "mapl"))

@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     common.configure(args)
 
-    from perceptlm import presets
+    from perceptlm import build
 
     info = common.machine()
     encoder = workloads.feature_encoder(args.smoke)
-    module = presets.build(args.preset, encoder, workloads.load_llm(args.smoke)).eval()
+    module = build(args.preset, encoder, workloads.load_llm(args.smoke)).eval()
     features = workloads.random_features(module.encoder, args.batch_size, torch.Generator().manual_seed(args.seed))
     prompt_ids, prompt_mask, unpadded = prompts(module.tokenizer, args.batch_size)
     eos = module.llm.eos_token_id

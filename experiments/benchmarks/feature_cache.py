@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
 
-    from perceptlm import presets, zoo
+    from perceptlm import build, zoo
 
     device = torch.device(args.device)
     if args.threads:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_average = os.getloadavg()
     encoder, llm = zoo.load_encoder(args.encoder), zoo.load_llm(args.llm)
     torch.manual_seed(0)  # the connector's initial weights
-    module = presets.build(args.preset, encoder, llm, features=json.loads(args.features) or None,
+    module = build(args.preset, encoder, llm, features=json.loads(args.features) or None,
                            connector=json.loads(args.connector)).to(device).train()
     keep = module.trainable_keys()
     initial = {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}

@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from lightning.pytorch import seed_everything
 
-    from perceptlm import presets
+    from perceptlm import build
 
     info = common.machine()
     seed_everything(args.seed, verbose=False)
     tiny = args.smoke or args.scale == "tiny"
     encoder = workloads.feature_encoder(tiny, materialise=True, layers=1)
-    module = presets.build(args.preset, encoder, workloads.load_llm(tiny))
+    module = build(args.preset, encoder, workloads.load_llm(tiny))
     batches = [workloads.training_batch(module, args.batch_size, args.text_length, seed=args.seed + i)
                for i in range(args.steps)]
     clip = 0.8

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "script on a CPU, or --device cuda on a GPU machine")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
-    from perceptlm import presets
+    from perceptlm import build
 
     info = common.machine(device)
     sync = common.synchronizer(device)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def prepare(name: str) -> tuple[Any, Any, int]:
         """A preset on the shared LLM, its training step and its connector's counted FLOPs."""
         torch.manual_seed(args.seed)
-        module = presets.build(name, encoder, llm).train()
+        module = build(name, encoder, llm).train()
         for child_name, child in module.named_children():
             if child_name != "encoder":
                 child.to(device)

@@ -29,7 +29,7 @@ def build(args: Any) -> tuple[Any, Any, int]:
     """Our module and the peer with identical weights; returns them and the patch count."""
     import transformers
 
-    from perceptlm import presets
+    import perceptlm
     from perceptlm.encoders.hf_vision import HFVisionEncoder
 
     if args.smoke:
@@ -43,7 +43,7 @@ def build(args: Any) -> tuple[Any, Any, int]:
     vision = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**geometry)).eval()
     encoder = HFVisionEncoder(vision, name="clip-vision-random")
     llm = workloads.load_llm(args.smoke)
-    ours = presets.build("llava-1.5", encoder, llm, label_smoothing=0.0)
+    ours = perceptlm.build("llava-1.5", encoder, llm, label_smoothing=0.0)
     patches = ours.num_visual_tokens
     vocab = llm.model.get_input_embeddings().num_embeddings
     config = transformers.LlavaConfig(

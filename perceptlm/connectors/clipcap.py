@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceptlm.connectors.mapping import Connector
+from perceptlm.connectors.base import Connector
 from perceptlm.encoders.base import PerceptualFeatures
 
 
@@ -71,7 +71,7 @@ class ClipCapConnector(Connector):
             raise ValueError(f"ClipCap mapping={mapping!r} is unknown; valid: 'mlp', 'transformer'")
 
     def num_output_tokens(
-        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+        self, num_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
         return self.prefix_length
 

@@ -7,37 +7,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from perceptlm.connectors.base import Connector, flatten_layers
 from perceptlm.connectors.qpmapper import QPMapper
 from perceptlm.encoders.base import PerceptualFeatures
-
-
-class Connector(nn.Module):
-    """Trainable mapper from :class:`PerceptualFeatures` to LLM-width tokens ``[B, K, out_dim]``.
-
-    Pure PyTorch: it knows nothing of the LLM beyond ``out_dim``.
-    """
-
-    in_dim: int
-    out_dim: int
-
-    def num_output_tokens(
-        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
-    ) -> int:
-        """Tokens produced at evaluation for ``num_input_tokens`` (all selected layers together);
-        ``grid``: the patch grid (None for 1-D sequences or CLS only), ``has_cls``: whether the
-        features hold a CLS token, ``num_layers``: selected encoder layers."""
-        raise NotImplementedError
-
-    def forward(self, features: PerceptualFeatures) -> Tensor:
-        raise NotImplementedError
-
-
-def flatten_layers(features: PerceptualFeatures) -> tuple[Tensor, Tensor]:
-    """``[B, L, N, D]`` -> tokens ``[B, L*N, D]`` (layer-major) and their mask ``[B, L*N]``."""
-    batch, layers, count, dim = features.tokens.shape
-    tokens = features.tokens.reshape(batch, layers * count, dim)
-    mask = features.mask.repeat(1, layers)
-    return tokens, mask
 
 
 def mlp(in_dim: int, out_dim: int, depth: int, hidden: int | None = None) -> nn.Sequential:
@@ -92,10 +64,10 @@ class MappingConnector(Connector):
         self.output = mlp(width, out_dim, output_depth)
 
     def num_output_tokens(
-        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+        self, num_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
         if self.transformer is None or self.transformer.num_queries == 0:
-            return num_input_tokens
+            return num_tokens
         return self.transformer.num_queries
 
     def forward(self, features: PerceptualFeatures) -> Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from perceptlm.connectors.mapping import Connector, flatten_layers
+from perceptlm.connectors.base import Connector, flatten_layers
 from perceptlm.encoders.base import PerceptualFeatures
 
 
@@ -102,12 +102,11 @@ class QFormerConnector(Connector):
     ``requires_grad=False`` (so it is outside the optimizer) and eval mode (no dropout) even when the
     module trains; only the output Linear trains. ``init_from``: a state dict or Lightning checkpoint
     path (e.g. a trained ``blip2`` run) whose ``connector.qformer.*`` / ``qformer.*`` weights
-    initialise the Q-Former. ``instruction_aware=True`` (InstructBLIP): :meth:`forward` takes the
-    instruction as LLM token embeddings ``[B, T, out_dim]`` (+ mask), projected to the Q-Former width
-    by a trained Linear — InstructBLIP embeds it with the Q-Former's own BERT vocabulary instead.
+    initialise the Q-Former. ``instruction_aware=True`` (InstructBLIP) sets :attr:`reads_instruction`:
+    :meth:`forward` takes the instruction as LLM token embeddings ``[B, T, out_dim]`` (+ mask),
+    projected to the Q-Former width by a trained Linear — InstructBLIP embeds it with the Q-Former's
+    own BERT vocabulary instead.
     """
-
-    instruction_aware = False
 
     def __init__(
         self,
@@ -130,7 +129,7 @@ class QFormerConnector(Connector):
         self.in_dim, self.out_dim, self.frozen = in_dim, out_dim, freeze
         self.qformer = QFormer(in_dim, width, num_queries, num_layers, num_heads, cross_attention_freq,
                                ffn_width, dropout, layer_norm_eps)
-        self.instruction_aware = instruction_aware
+        self.reads_instruction = instruction_aware
         self.instruction = nn.Linear(out_dim, width) if instruction_aware else None
         self.output = nn.Linear(width, out_dim)
         if init_from:
@@ -159,13 +158,13 @@ class QFormerConnector(Connector):
         return self
 
     def num_output_tokens(
-        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+        self, num_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
         return self.qformer.num_queries
 
     def forward(self, features: PerceptualFeatures, instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``instruction``: ``(embeddings [B, T, out_dim], mask [B, T])`` of the instruction text,
-        used when ``instruction_aware`` (ignored otherwise)."""
+        used when :attr:`reads_instruction` (ignored otherwise)."""
         tokens, mask = flatten_layers(features)
         if self.instruction is None or instruction is None:
             return self.output(self.qformer(tokens, mask))

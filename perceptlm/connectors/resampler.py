@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from perceptlm.connectors.mapping import Connector
+from perceptlm.connectors.base import Connector
 from perceptlm.connectors.qpmapper import QPMapper
 from perceptlm.encoders.base import PerceptualFeatures
 
@@ -116,12 +116,12 @@ class TokenResampler(Connector):
         self.output = nn.Linear(in_dim, out_dim)
 
     def num_output_tokens(
-        self, num_input_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
+        self, num_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
         """Evaluation count: per layer, CLS + one token per group (``rand``: all tokens)."""
-        per_layer, rest = divmod(num_input_tokens, num_layers)
+        per_layer, rest = divmod(num_tokens, num_layers)
         if rest:
-            raise ValueError(f"{num_input_tokens} tokens do not split over {num_layers} layers")
+            raise ValueError(f"{num_tokens} tokens do not split over {num_layers} layers")
         patches = per_layer - int(has_cls)
         kept = patches if self.mode == "rand" or patches == 0 else num_groups(patches, grid, self.reduction)
         return num_layers * (kept + int(has_cls))

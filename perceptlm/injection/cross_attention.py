@@ -84,6 +84,12 @@ class CrossAttentionInjection(Injection):
 
         return before_layer
 
+    def prefix(self, visual: Tensor) -> None:
+        return None  # the tokens reach the LLM through the blocks only
+
+    def num_prefix_tokens(self, num_visual_tokens: int) -> int:
+        return 0
+
     @contextlib.contextmanager
     def context(self, visual: Tensor) -> Iterator[None]:
         previous, self._visual = self._visual, visual

@@ -89,6 +89,16 @@ class InnerInjection(Injection):
         keys, values = self._key_values[slot]
         return keys, values, self.gates[slot] if self.gated else None
 
+    def prefix(self, visual: Tensor) -> None:
+        return None  # the tokens reach the LLM as keys/values inside the target layers only
+
+    def num_prefix_tokens(self, num_visual_tokens: int) -> int:
+        return 0
+
+    def num_perceptual_tokens(self, connector_tokens: int) -> int:
+        """LLaMA-Adapter: the adaption prompts carry the features (``num_prompts`` per layer)."""
+        return self.num_prompts or connector_tokens
+
     @contextlib.contextmanager
     def context(self, visual: Tensor) -> Iterator[None]:
         if visual.dim() != 4:

@@ -1,3 +1,3 @@
-from perceptlm.training.module import MODEL_ARGUMENTS, InterfaceModule
+from perceptlm.training.module import MODEL_ARGUMENTS, InterfaceModule, build
 
-__all__ = ["MODEL_ARGUMENTS", "InterfaceModule"]
+__all__ = ["MODEL_ARGUMENTS", "InterfaceModule", "build"]

@@ -226,3 +226,10 @@ class InterfaceModule(LightningModule):
         module.clock.seconds = float(config.get("train_seconds", 0.0))
         module.clock.samples = int(config.get("train_samples", 0))
         return module.eval()
+
+
+def build(preset: str, encoder: str | PerceptualEncoder, llm: str | LanguageModel, **overrides: Any) -> InterfaceModule:
+    """The :class:`InterfaceModule` of ``preset`` (:func:`perceptlm.presets.names`) on ``encoder`` and
+    ``llm`` (zoo names or loaded modules); ``overrides`` are preset fields (dicts merge) or module
+    arguments."""
+    return InterfaceModule(preset=preset, encoder=encoder, llm=llm, **overrides)
