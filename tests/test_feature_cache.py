@@ -84,13 +84,13 @@ def test_cached_training_loss_equals_live(small_root, tmp_path, tiny_encoder, ti
         torch.manual_seed(0)  # the same dropout masks in both runs
         for batch in dm.train_dataloader():
             if name == "cached":
-                assert isinstance(batch["media"], PerceptualFeatures) and batch["media"].tokens.shape[1:] == (1, 17, 64)
-                assert batch["media"].cls_index == 0 and batch["media"].grid == (4, 4)
+                assert isinstance(batch.media, PerceptualFeatures) and batch.media.tokens.shape[1:] == (1, 17, 64)
+                assert batch.media.cls_index == 0 and batch.media.grid == (4, 4)
             loss = model.loss(batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            steps.append((batch["ids"], loss.item()))
+            steps.append((batch.ids, loss.item()))
         losses[name] = steps
     assert [ids for ids, _ in losses["live"]] == [ids for ids, _ in losses["cached"]] and len(losses["live"]) == 3
     live_losses, cached_losses = (np.array([v for _, v in losses[k]]) for k in ("live", "cached"))
@@ -200,9 +200,9 @@ def test_rows_are_memory_mapped_and_deduplicated(small_root, tmp_path, tiny_enco
     tokens, mask = dataset.features.arrays(0)
     assert isinstance(tokens, np.memmap) and isinstance(mask, np.memmap) and mask.dtype == np.bool_
     assert len(pickle.dumps(dataset)) < tokens.nbytes  # workers re-open the map instead of copying it
-    skipped = [reason for batch in batches for _, reason in batch["skipped"]]
+    skipped = [reason for batch in batches for _, reason in batch.skipped]
     assert len(skipped) == 4 and all("3.png" in r and "UnidentifiedImageError" in r for r in skipped)
-    assert sum(len(b["ids"]) for b in batches) == 12
+    assert sum(len(b.ids) for b in batches) == 12
 
 
 def test_auto_root_and_missing_encoder(small_root, tmp_path, monkeypatch, tiny_encoder, tiny_llm):
@@ -296,9 +296,9 @@ def test_video_cache_needs_uniform_training_frames(tmp_path, tiny_llm):
     cached.attach_encoder(module.encoder)
     live.setup("fit"), cached.setup("fit")
     live_batch, cached_batch = next(iter(live.train_dataloader())), next(iter(cached.train_dataloader()))
-    assert live_batch["ids"] == cached_batch["ids"] and cached_batch["media"].tokens.shape[0] == 4
+    assert live_batch.ids == cached_batch.ids and cached_batch.media.tokens.shape[0] == 4
     with torch.no_grad():
-        expected = module.encoder(live_batch["media"])
-    torch.testing.assert_close(cached_batch["media"].tokens, expected.tokens, rtol=0, atol=1e-6)
-    assert torch.equal(cached_batch["media"].mask, expected.mask)
-    assert (cached_batch["media"].cls_index, cached_batch["media"].grid) == (expected.cls_index, expected.grid)
+        expected = module.encoder(live_batch.media)
+    torch.testing.assert_close(cached_batch.media.tokens, expected.tokens, rtol=0, atol=1e-6)
+    assert torch.equal(cached_batch.media.mask, expected.mask)
+    assert (cached_batch.media.cls_index, cached_batch.media.grid) == (expected.cls_index, expected.grid)

@@ -128,7 +128,7 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 class PerceptionDataModule(LightningDataModule):
     """Base for every dataset. Subclasses implement :meth:`load_samples` (and may override
-    :meth:`load_media`, :meth:`eval_limit`). The model supplies the tokenizer and the media
+    :meth:`load_media`, :meth:`eval_limit`, :attr:`collator_class` / :meth:`collator_options`). The model supplies the tokenizer and the media
     preprocessing through :meth:`connect` (the CLI links them; ``InterfaceModule.setup`` connects
     a datamodule passed to ``Trainer.fit`` directly). ``feature_cache`` (a folder, or ``"auto"``)
     trains and evaluates from the frozen encoder's precomputed outputs
@@ -138,6 +138,7 @@ class PerceptionDataModule(LightningDataModule):
     splits = {"train": "train", "val": "val", "test": "test", "predict": "test"}
     # True when load_media(path, train, generator) samples what it reads (video frames); see MediaDataset.
     sampled_media = False
+    collator_class: type[Collator] = Collator
 
     def __init__(
         self,
@@ -182,6 +183,10 @@ class PerceptionDataModule(LightningDataModule):
 
     def eval_limit(self, stage: str) -> int | None:
         return None
+
+    def collator_options(self) -> dict[str, Any]:
+        """Keyword arguments of :attr:`collator_class` beyond the common ones."""
+        return {}
 
     def media_config(self, stage: str) -> dict[str, Any]:
         """How media files are decoded (part of the feature cache's key; the cache reads every
@@ -265,8 +270,8 @@ class PerceptionDataModule(LightningDataModule):
         stack_media = self.stack_media
         if self.feature_cache is not None:
             from perceptlm.data.feature_cache import stack_features as stack_media
-        return Collator(self.tokenizer, self.task, train=train, stack_media=stack_media,
-                        max_length=self.max_length, seed=self.seed)
+        return self.collator_class(self.tokenizer, self.task, train=train, stack_media=stack_media,
+                                   max_length=self.max_length, seed=self.seed, **self.collator_options())
 
     def _loader_dataset(self, stage: str) -> Dataset:
         """The stage's dataset; with ``feature_cache``, its samples read the cached features (built

@@ -15,17 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from perceptlm.data.annotations import ImageTextDataModule, field, read_json, records, text_field
-from perceptlm.data.collate import Collator, Sample
-
-
-class MetaCollator(Collator):
-    """The plain :class:`Collator` plus ``batch["meta"]`` (per-sample ``extra["meta"]``), which
-    the evaluation passes to the task's scoring (CHAIR objects, NoCaps domains)."""
-
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        batch = super().__call__(samples)
-        batch["meta"] = [dict(s.extra.get("meta") or {}) for s in samples if s.media is not None]
-        return batch
+from perceptlm.data.collate import Sample
 
 
 class _CaptionDataModule(ImageTextDataModule):
@@ -37,11 +27,6 @@ class _CaptionDataModule(ImageTextDataModule):
 
     def _meta(self, **extra: Any) -> dict[str, Any]:
         return {"task": "caption", **({"objects": []} if self.chair else {}), **extra}
-
-    def _collator(self, train: bool) -> Collator:
-        base = super()._collator(train)
-        return MetaCollator(self.tokenizer, self.task, train=train, stack_media=base.stack_media,
-                            max_length=self.max_length, seed=self.seed)
 
 
 class Flickr30kDataModule(_CaptionDataModule):

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perceptlm.batch import Batch
+
 
 def take_media(media: Any, index: Tensor) -> Any:
     """Rows ``index`` of a media batch (a tensor, a dict of tensors, PerceptualFeatures or a list)."""
@@ -30,7 +32,7 @@ def take_media(media: Any, index: Tensor) -> Any:
     raise TypeError(f"cannot select rows of media of type {type(media).__name__}")
 
 
-def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: int = 2**26,
+def option_loglikelihood_choice(model: Any, batch: Batch, max_logits: int = 2**26,
                                 blind: bool = False) -> list[int | None]:
     """Per sample, the index of the option with the highest total log-likelihood (first on ties),
     or None for a sample without options (arguments: :func:`option_loglikelihoods`)."""
@@ -39,21 +41,21 @@ def option_loglikelihood_choice(model: Any, batch: dict[str, Any], max_logits: i
 
 
 @torch.no_grad()
-def option_loglikelihoods(model: Any, batch: dict[str, Any], max_logits: int = 2**26,
+def option_loglikelihoods(model: Any, batch: Batch, max_logits: int = 2**26,
                           blind: bool = False) -> list[list[float]]:
     """Per sample, each option's total log-likelihood (an empty list for a sample without options);
     ``blind``: with the perceptual tokens zeroed.
 
-    ``batch``: an evaluation batch of :class:`~perceptlm.data.instruction.InstructionCollator` with
+    ``batch``: an evaluation :class:`~perceptlm.batch.Batch` of the instruction collator with
     ``media``, left-padded ``prompt_ids`` / ``prompt_mask`` and ``option_ids`` (per sample, each
     option's answer token ids). Each (sample, option) pair is the prompt followed by the option's
     tokens (right-padded); pairs run in chunks of at most ``max_logits`` logit entries."""
-    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    options, device = batch["option_ids"], batch["prompt_ids"].device
+    prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask
+    options, device = batch.option_ids, batch.prompt_ids.device
     pairs = [(i, j) for i, sample_options in enumerate(options) for j in range(len(sample_options))]
     for i, j in pairs:
         if not options[i][j]:
-            raise ValueError(f"sample {batch['ids'][i]}: option {j} has no tokens")
+            raise ValueError(f"sample {batch.ids[i]}: option {j} has no tokens")
     scores: list[list[float]] = [[0.0] * len(o) for o in options]
     prompt_width = prompt_ids.shape[1]
     longest = max((len(options[i][j]) for i, j in pairs), default=0)
@@ -73,9 +75,9 @@ def option_loglikelihoods(model: Any, batch: dict[str, Any], max_logits: int = 2
         mask = torch.cat([prompt_mask[rows.to(device)], tail_mask], dim=1)
         # as in generation: the prompt instructs the head, the prefix goes at the prompt's media position
         where = {"instruction": (prompt_ids[rows.to(device)], prompt_mask[rows.to(device)]), "blind": blind}
-        if batch.get("media_position") is not None:
-            where["media_position"] = batch["media_position"][rows.to(batch["media_position"].device)]
-        logits = model(take_media(batch["media"], rows), ids, mask, **where)
+        if batch.media_position is not None:
+            where["media_position"] = batch.media_position[rows.to(batch.media_position.device)]
+        logits = model(take_media(batch.media, rows), ids, mask, **where)
         # position t predicts token t+1: the option's tokens are predicted from prompt_width - 1 on
         predicted = logits[:, prompt_width - 1 : prompt_width - 1 + width].float().log_softmax(-1)
         token_scores = predicted.gather(-1, tail.unsqueeze(-1)).squeeze(-1) * tail_mask

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from perceptlm.batch import Batch
 from perceptlm.generation import truncate_at_stop
 
 
@@ -69,29 +70,29 @@ class EvaluationMixin:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return [truncate_at_stop(t, self.hparams.stop_strings).strip() for t in texts]
 
-    def _eval_step(self, batch: dict[str, Any]) -> None:
+    def _eval_step(self, batch: Batch) -> None:
         self._count_skipped(batch, "eval")
-        self._task = batch["task"]
-        if not batch["ids"]:
+        self._task = batch.task
+        if not batch.ids:
             return
-        args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
-        where = {"media_position": batch.get("media_position")}
+        args = (batch.media, batch.prompt_ids, batch.prompt_mask)
+        where = {"media_position": batch.media_position}
         predictions = self._decode(self.generate(*args, **where))
         blind = self._decode(self.generate(*args, blind=True, **where)) if self.hparams.eval_blind else None
         choices = blind_choices = None
-        if "option_ids" in batch:  # multiple choice: also pick the most likely option
+        if batch.option_ids is not None:  # multiple choice: also pick the most likely option
             from perceptlm.eval.likelihood import option_loglikelihood_choice
 
             choices = option_loglikelihood_choice(self, batch)
             if self.hparams.eval_blind:
                 blind_choices = option_loglikelihood_choice(self, batch, blind=True)
-        for i, sample_id in enumerate(batch["ids"]):
-            record = {"id": sample_id, "media": batch["sources"][i],
-                      "prompt": batch["prompts"][i], "prediction": predictions[i], "references": batch["references"][i]}
+        for i, sample_id in enumerate(batch.ids):
+            record = {"id": sample_id, "media": batch.sources[i],
+                      "prompt": batch.prompts[i], "prediction": predictions[i], "references": batch.references[i]}
             if blind is not None:
                 record["blind_prediction"] = blind[i]
-            if "meta" in batch:
-                record["meta"] = batch["meta"][i]
+            if batch.meta is not None:
+                record["meta"] = batch.meta[i]
             if choices is not None:
                 record["likelihood_choice"] = choices[i]
             if blind_choices is not None:
@@ -168,7 +169,7 @@ class EvaluationMixin:
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
@@ -177,7 +178,7 @@ class EvaluationMixin:
     def on_test_epoch_start(self) -> None:
         self._eval_start()
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
@@ -185,12 +186,12 @@ class EvaluationMixin:
         if self.trainer.is_global_zero:
             self.write_results(result)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        if not batch["ids"]:
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        if not batch.ids:
             return []
-        predictions = self._decode(self.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"],
-                                                 media_position=batch.get("media_position")))
-        return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch["ids"], batch["prompts"], predictions)]
+        predictions = self._decode(self.generate(batch.media, batch.prompt_ids, batch.prompt_mask,
+                                                 media_position=batch.media_position))
+        return [{"id": i, "prompt": p, "prediction": y} for i, p, y in zip(batch.ids, batch.prompts, predictions)]
 
     def config_hash(self) -> str:
         """Short hash of what defines the run: model hyper-parameters and the data selection."""

@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from perceptlm import generation
+from perceptlm.batch import Batch
 from perceptlm.connectors import build_connector
 from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
 from perceptlm.injection import INJECTIONS
@@ -279,18 +280,18 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
             return self.llm.logits(hidden[:, text_index:])
         return self.llm.logits(hidden.gather(1, text_index[..., None].expand(-1, -1, hidden.shape[-1])))
 
-    def loss(self, batch: dict[str, Any]) -> Tensor:
+    def loss(self, batch: Batch) -> Tensor:
         """Cross-entropy on supervised tokens only; the LM head runs on those positions alone.
 
         Each text token is predicted from the position before it: the prefix's last position
         predicts the text token that follows the prefix, so an empty prompt still trains the first
         target token (a first text token with nothing before it is not predicted). In training with
         ``itc_weight`` > 0 the contrastive loss is added (logged as ``train/itc``)."""
-        prompt = batch["attention_mask"].bool() & (batch["labels"] == -100)  # the instruction: unsupervised text
-        hidden, text_index, visual = self._hidden(batch["media"], batch["input_ids"], batch["attention_mask"],
-                                                  instruction=(batch["input_ids"], prompt),
-                                                  media_position=batch.get("media_position"))
-        labels = batch["labels"]
+        prompt = batch.attention_mask.bool() & (batch.labels == -100)  # the instruction: unsupervised text
+        hidden, text_index, visual = self._hidden(batch.media, batch.input_ids, batch.attention_mask,
+                                                  instruction=(batch.input_ids, prompt),
+                                                  media_position=batch.media_position)
+        labels = batch.labels
         if isinstance(text_index, int):
             text_index = torch.arange(labels.shape[1], device=labels.device).expand_as(labels) + text_index
         predictor = text_index - 1
@@ -342,11 +343,11 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
                                           expand=self.injection.expand)
 
     # -- training ----------------------------------------------------------------------------------
-    def _count_skipped(self, batch: dict[str, Any], stage: str) -> None:
-        skipped, seen = batch["skipped"], self._seen.get(stage, [0, 0])  # a resumed epoch skips on_*_epoch_start
+    def _count_skipped(self, batch: Batch, stage: str) -> None:
+        skipped, seen = batch.skipped, self._seen.get(stage, [0, 0])  # a resumed epoch skips on_*_epoch_start
         for sample_id, reason in skipped[: max(0, 3 - seen[0])]:  # the first few by name; the count is logged
             print(f"skipped {stage} sample {sample_id}: {reason}")
-        self._seen[stage] = [seen[0] + len(skipped), seen[1] + len(skipped) + len(batch["ids"])]
+        self._seen[stage] = [seen[0] + len(skipped), seen[1] + len(skipped) + len(batch.ids)]
 
     def _check_skipped(self, stage: str) -> None:
         skipped, total = self._seen.pop(stage, [0, 0])
@@ -364,14 +365,14 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
     def on_train_epoch_end(self) -> None:
         self._check_skipped("train")
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self._count_skipped(batch, "train")
-        if not batch["ids"]:
+        if not batch.ids:
             return None  # every sample of this batch was skipped
         loss = self.loss(batch)
-        batch_size = batch["input_ids"].shape[0]
+        batch_size = batch.input_ids.shape[0]
         if not torch.isfinite(loss):
-            message = f"non-finite training loss ({loss.item()}) at step {self.global_step}, batch {batch['ids'][:4]}"
+            message = f"non-finite training loss ({loss.item()}) at step {self.global_step}, batch {batch.ids[:4]}"
             if self.hparams.nonfinite_loss == "stop":
                 raise FloatingPointError(message + "; set nonfinite_loss='skip' to skip such steps")
             print(f"{message}: step skipped")
@@ -382,7 +383,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         self._log_throughput(batch)
         return loss
 
-    def _log_throughput(self, batch: dict[str, Any]) -> None:
+    def _log_throughput(self, batch: Batch) -> None:
         """``train/samples_per_second`` and ``train/tokens_per_second`` (prefix + real text tokens
         through the LLM; this rank's batch times the world size) over the wall time since the
         previous step, and the learning rate ``train/lr``."""
@@ -392,11 +393,11 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
             return
         seconds, world = now - previous, self.trainer.world_size
         prefix = self.preset.prompt_tokens + (self.num_visual_tokens if self.preset.injection == "prefix" else 0)
-        tokens = float(batch["attention_mask"].sum()) + prefix * batch["input_ids"].shape[0]
-        self.log_dict({"train/samples_per_second": batch["input_ids"].shape[0] * world / seconds,
+        tokens = float(batch.attention_mask.sum()) + prefix * batch.input_ids.shape[0]
+        self.log_dict({"train/samples_per_second": batch.input_ids.shape[0] * world / seconds,
                        "train/tokens_per_second": tokens * world / seconds,
                        "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]},
-                      batch_size=batch["input_ids"].shape[0])
+                      batch_size=batch.input_ids.shape[0])
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

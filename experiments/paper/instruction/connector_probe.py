@@ -46,9 +46,9 @@ def perceptual_tokens(model: Any, datamodule: Any) -> tuple[torch.Tensor, list[s
     datamodule.setup("test")  # load_run's CLI has connected it to the model
     tokens, captions = [], []
     for batch in datamodule.test_dataloader():
-        visual = model.perceive(batch["media"], instruction=(batch["prompt_ids"], batch["prompt_mask"]))
+        visual = model.perceive(batch.media, instruction=(batch.prompt_ids, batch.prompt_mask))
         tokens.append(visual.flatten(1, -2).float())
-        captions += [references[0] for references in batch["references"]]
+        captions += [references[0] for references in batch.references]
     return torch.cat(tokens), captions
 
 

@@ -87,8 +87,8 @@ def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
     for batch in datamodule.test_dataloader():
         seeing = option_loglikelihoods(model, batch)
         blind = option_loglikelihoods(model, batch, blind=True)
-        for i, sample_id in enumerate(batch["ids"]):
-            out.append({"id": sample_id, "probe": batch["meta"][i]["probe"], "present": batch["references"][i][0] == "yes",
+        for i, sample_id in enumerate(batch.ids):
+            out.append({"id": sample_id, "probe": batch.meta[i]["probe"], "present": batch.references[i][0] == "yes",
                         "margin": seeing[i][0] - seeing[i][1], "blind_margin": blind[i][0] - blind[i][1]})
     return out
 
