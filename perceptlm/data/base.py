@@ -4,6 +4,7 @@ and evaluation sharding where every sample is scored exactly once."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -126,15 +127,28 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+def check_eval_limits(val_limit: int | None, test_limit: int | None) -> None:
+    """``val_limit`` / ``test_limit`` are None (the whole split) or >= 1."""
+    for name, value in (("val_limit", val_limit), ("test_limit", test_limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be >= 1 (or None for the whole split)")
+
+
 class PerceptionDataModule(LightningDataModule):
     """Base for every dataset. Subclasses implement :meth:`load_samples` (and may override
-    :meth:`load_media`, :meth:`eval_limit`, :attr:`collator_class` / :meth:`collator_options`). The model supplies the tokenizer and the media
-    preprocessing through :meth:`connect` (the CLI links them; ``InterfaceModule.setup`` connects
-    a datamodule passed to ``Trainer.fit`` directly). ``feature_cache`` (a folder, or ``"auto"``)
-    trains and evaluates from the frozen encoder's precomputed outputs
-    (:mod:`perceptlm.data.feature_cache`); the encoder comes through :meth:`attach_encoder`."""
+    :meth:`load_media`, :attr:`collator_class` / :meth:`collator_options`). The model supplies the
+    tokenizer and the media preprocessing through :meth:`connect` (the CLI links them;
+    ``InterfaceModule.setup`` connects a datamodule passed to ``Trainer.fit`` directly).
+    ``feature_cache`` (a folder, or ``"auto"``) trains and evaluates from the frozen encoder's
+    precomputed outputs (:mod:`perceptlm.data.feature_cache`); the encoder comes through
+    :meth:`attach_encoder`.
+
+    Families set ``val_limit`` / ``test_limit`` (fixed evaluation subsets, :meth:`eval_limit`) and
+    ``image_root`` (where media live when not under the data root, :meth:`images`) from their own
+    arguments; :meth:`root` is ``data_root`` or ``$PERCEPTLM_DATA/<default_subdir>``."""
 
     name = "dataset"
+    default_subdir = "dataset"
     splits = {"train": "train", "val": "val", "test": "test", "predict": "test"}
     # True when load_media(path, train, generator) samples what it reads (video frames); see MediaDataset.
     sampled_media = False
@@ -164,6 +178,9 @@ class PerceptionDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.fraction, self.limit, self.seed = fraction, limit, seed
         self.max_length = max_length
+        self.image_root: str | None = None
+        self.val_limit: int | None = None
+        self.test_limit: int | None = None
         self.tokenizer: Any = None
         self.preprocess: Callable[[Any], Any] | None = None
         self.stack_media: Callable[[list[Any]], Any] | None = None
@@ -182,7 +199,8 @@ class PerceptionDataModule(LightningDataModule):
         return load_image(path)
 
     def eval_limit(self, stage: str) -> int | None:
-        return None
+        """How many samples the ``val`` / ``test`` stage reads (None: all)."""
+        return self.val_limit if stage == "val" else self.test_limit
 
     def collator_options(self) -> dict[str, Any]:
         """Keyword arguments of :attr:`collator_class` beyond the common ones."""
@@ -203,6 +221,22 @@ class PerceptionDataModule(LightningDataModule):
         return None if sampling == "uniform" else f"{type(self).__name__} train_frame_sampling={sampling!r}"
 
     # -- shared ------------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The dataset's folder: ``data_root``, else ``$PERCEPTLM_DATA/<default_subdir>``."""
+        if self.data_root:
+            return Path(self.data_root)
+        env = os.environ.get("PERCEPTLM_DATA")
+        if not env:
+            raise ValueError(
+                f"{self.name}: no data_root; pass --data.init_args.data_root DIR or set PERCEPTLM_DATA "
+                f"(then {self.default_subdir}/ under it is used)"
+            )
+        return Path(env) / self.default_subdir
+
+    def images(self) -> Path:
+        """Where the media files live: ``image_root`` when set, else :meth:`root`."""
+        return Path(self.image_root) if self.image_root else self.root()
+
     @property
     def connected(self) -> bool:
         return self.tokenizer is not None and self.preprocess is not None

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from perceptlm.batch import Batch
-from perceptlm.data.annotations import ImageTextDataModule
-from perceptlm.data.base import PerceptionDataModule
+from perceptlm.data.base import PerceptionDataModule, check_eval_limits
 from perceptlm.data.chat import GPT, HUMAN, IMAGE, NAMED_TEMPLATES, chat_template, encode, end_of_turn_ids
 from perceptlm.data.collate import Collator, Sample
 
@@ -158,21 +157,28 @@ class InstructionCollator(Collator):
             batch.option_ids = [self._options(s) if "options" in s.extra else [] for s in samples]
 
 
-class InstructionDataModule(ImageTextDataModule):
+class InstructionDataModule(PerceptionDataModule):
     """Base for instruction datasets: ``template`` is the chat template (``auto`` = the tokenizer's
     own when it has one, else ``vicuna_v1``; ``tokenizer``; ``vicuna_v1``; ``llava_v0``; ``plain``),
     ``system`` overrides its system prompt, ``option_likelihood`` also scores multiple-choice options
-    by their log-likelihood at evaluation. ``data_root``/``image_root``/``val_limit``/``test_limit``
-    as in :class:`~perceptlm.data.annotations.ImageTextDataModule`."""
+    by their log-likelihood at evaluation.
+
+    ``data_root``: the dataset's folder (default ``$PERCEPTLM_DATA/<default_subdir>``);
+    ``image_root``: where its images live when elsewhere (default: ``data_root``);
+    ``val_limit`` / ``test_limit``: fixed evaluation subsets (the same on every run; None = all)."""
 
     collator_class = InstructionCollator
 
     def __init__(self, data_root: str | None = None, task: str = "conversation", template: str = "auto",
                  system: str | None = None, option_likelihood: bool = True, max_length: int = 2048,
+                 image_root: str | None = None, val_limit: int | None = None, test_limit: int | None = None,
                  **kwargs: Any) -> None:
         if template not in TEMPLATE_NAMES:
             raise ValueError(f"unknown chat template {template!r}; valid: {list(TEMPLATE_NAMES)}")
         super().__init__(data_root=data_root, task=task, template=template, max_length=max_length, **kwargs)
+        check_eval_limits(val_limit, test_limit)
+        self.image_root = image_root
+        self.val_limit, self.test_limit = val_limit, test_limit
         self.system = system
         self.option_likelihood = option_likelihood
 
