@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from perceptlm.zoo import tiny_tokenizer
 
 def _connected(**kwargs):
     dm = EasyVQADataModule(**kwargs)
-    dm.connect(tiny_tokenizer(), lambda image: torch.zeros(3, 8, 8))
+    encoder = SimpleNamespace(preprocess=lambda image: torch.zeros(3, 8, 8))  # a model as connect reads it
+    dm.connect(SimpleNamespace(tokenizer=tiny_tokenizer(), encoder=encoder, stop_token_ids=[]))
     return dm
 
 

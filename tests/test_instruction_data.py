@@ -7,6 +7,7 @@ import glob
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -33,6 +34,12 @@ from perceptlm.modules.evaluation import score
 from perceptlm.zoo import tiny_tokenizer
 
 BLANK = lambda image: torch.zeros(3, 8, 8)  # noqa: E731 - media preprocessing stand-in
+
+
+def _model(tokenizer, preprocess=BLANK):
+    """A model as ``connect`` reads it: tokenizer, encoder (media preprocessing), stop tokens."""
+    return SimpleNamespace(tokenizer=tokenizer, encoder=SimpleNamespace(preprocess=preprocess), stop_token_ids=[])
+
 TURNS = [("human", "<image>\nWhat color is it?"), ("gpt", "red"), ("human", "And the shape?"), ("gpt", "a circle")]
 
 
@@ -77,7 +84,7 @@ def test_llava_json_labels_only_on_assistant_turns(tmp_path):
         _image(tmp_path / "train2017" / record["image"])
     tokenizer = tiny_tokenizer()
     dm = LLaVAInstructDataModule(data_root=str(tmp_path), holdout=1, template="vicuna_v1", batch_size=2)
-    dm.connect(tokenizer, BLANK)
+    dm.connect(_model(tokenizer))
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 1 and len(dm.datasets["val"]) == 1  # the text-only record is dropped
     collate = InstructionCollator(tokenizer, "conversation", train=True, template="vicuna_v1")
@@ -156,7 +163,7 @@ def test_caption_pairs_become_instruction_records():
 
     source = EasyVQADataModule(task="caption", test_limit=3)
     dm = CaptionInstructDataModule(source=source, template="vicuna_v1", eval_batch_size=3)
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert dm.task == "caption" and len(batch.ids) == 3 and all(len(r[0].split()) == 2 for r in batch.references)
@@ -280,7 +287,7 @@ def test_pope_files_and_metrics(tmp_path):
     for q in (1, 2, 3):
         _image(tmp_path / "val2014" / f"COCO_val2014_{q:012d}.jpg")
     dm = POPEDataModule(data_root=str(tmp_path))
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     samples = dm.datasets["test"].samples
     assert [s.id for s in samples][:3] == ["random-1", "random-2", "random-3"] and len(samples) == 8
@@ -315,7 +322,7 @@ def test_scienceqa_image_problems_and_letter_scoring(tmp_path):
         _image(tmp_path / "images" / "test" / pid / "image.png")
     dm = ScienceQADataModule(data_root=str(tmp_path), template="vicuna_v1", eval_batch_size=4)
     tokenizer = tiny_tokenizer()
-    dm.connect(tokenizer, BLANK)
+    dm.connect(_model(tokenizer))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch.ids == ["1", "3"] and batch.references == [["B"], ["A"]]  # no-image problem 2 left out
@@ -372,7 +379,7 @@ def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny
         for parameter in module.connector.parameters():
             parameter.normal_(0, 0.5)  # an instruction projection that matters
     dm = EasyInstructDataModule(family="mcq", test_images=2, eval_batch_size=8, system="")
-    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media)
+    dm.connect(module)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     prompt_ids, prompt_mask, width = batch.prompt_ids, batch.prompt_mask, batch.prompt_ids.shape[1]
@@ -418,7 +425,7 @@ def test_flickr30k_nocaps_and_chair(tmp_path):
     for image in images:
         _image(tmp_path / "flickr30k-images" / image["filename"])
     dm = Flickr30kDataModule(data_root=str(tmp_path), eval_batch_size=4)
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     assert batch.ids == ["1", "2"] and len(batch.references[0]) == 2 and batch.meta[0]["objects"] == []

@@ -220,14 +220,24 @@ def test_generation_stops_at_an_end_of_turn_token_besides_eos(tiny_encoder, tiny
 
 
 def test_instruction_data_reports_its_single_token_end_of_turn(smollm2, tiny_llm):
+    from types import SimpleNamespace
+
     from perceptlm.data import EasyInstructDataModule
 
     def stops(tokenizer, template):
-        data = EasyInstructDataModule(template=template)
-        data.connect(tokenizer, None)
-        return data.stop_token_ids()
+        """The stop tokens connect gives a model that had none."""
+        model = SimpleNamespace(tokenizer=tokenizer, encoder=SimpleNamespace(preprocess=None), stop_token_ids=[])
+        EasyInstructDataModule(template=template).connect(model)
+        return model.stop_token_ids
 
     assert stops(smollm2.tokenizer, "auto") == smollm2.tokenizer.convert_tokens_to_ids(["<|im_end|>"])
     assert smollm2.tokenizer.decode(stops(smollm2.tokenizer, "llava_v0")) == "###"  # one token in SmolLM2
     assert stops(tiny_llm.tokenizer, "llava_v0") == []  # several tokens: stop_strings end it
     assert stops(tiny_llm.tokenizer, "vicuna_v1") == [tiny_llm.tokenizer.eos_token_id]
+    end = smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = SimpleNamespace(tokenizer=smollm2.tokenizer, encoder=SimpleNamespace(preprocess=None),
+                            stop_token_ids=[smollm2.eos_token_id])
+    data = EasyInstructDataModule()
+    data.connect(model)
+    data.connect(model)  # connecting again adds nothing twice
+    assert model.stop_token_ids == sorted({smollm2.eos_token_id, end})

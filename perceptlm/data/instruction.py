@@ -185,7 +185,8 @@ class InstructionDataModule(PerceptionDataModule):
     def stop_token_ids(self) -> list[int]:
         """The token that ends an assistant turn in this template (``<|im_end|>``, ``<|eot_id|>``,
         EOS, ...) when it is a single token, for generation to stop at besides the LLM's EOS; a
-        multi-token end (llava_v0's "###") is left to ``stop_strings``. Needs :meth:`connect`."""
+        multi-token end (llava_v0's "###") is left to ``stop_strings``. Needs the tokenizer
+        (:meth:`connect` calls it)."""
         ids = end_of_turn_ids(self.template, self.tokenizer, self.system)
         return ids if len(ids) == 1 else []
 
@@ -226,9 +227,9 @@ class CaptionInstructDataModule(InstructionDataModule):
     def random_augmentation(self, stage: str) -> str | None:
         return self.source.random_augmentation(stage)
 
-    def connect(self, *args: Any, **kwargs: Any) -> None:
-        super().connect(*args, **kwargs)
-        self.source.connect(*args, **kwargs)
+    def connect(self, model: Any) -> None:
+        self.source.connect(model)
+        super().connect(model)
 
     def eval_limit(self, stage: str) -> int | None:
         return self.source.eval_limit(stage)

@@ -122,7 +122,7 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
         if nonfinite_loss not in ("stop", "skip"):
             raise ValueError(f"nonfinite_loss={nonfinite_loss!r} is unknown; valid: 'stop', 'skip'")
         self._seen: dict[str, list[int]] = {}
-        # generation ends at any of these: EOS, and a chat template's end-of-turn token (set in setup)
+        # generation ends at any of these: EOS, and a chat template's end-of-turn token (datamodule.connect)
         self.stop_token_ids: list[int] = [self.llm.eos_token_id]
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.train_seconds = 0.0
@@ -180,13 +180,8 @@ class InterfaceModule(EvaluationMixin, PersistenceMixin, LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "connect") and not datamodule.connected:
-            datamodule.connect(self.tokenizer, self.encoder.preprocess, self.encoder.stack_media,
-                               num_frames=getattr(self.encoder, "num_frames", None))
-        if hasattr(datamodule, "stop_token_ids"):  # a chat template's end of turn, where it is not EOS
-            self.stop_token_ids = sorted({self.llm.eos_token_id, *datamodule.stop_token_ids()})
-        if getattr(datamodule, "feature_cache", None) and getattr(datamodule, "encoder", None) is None:
-            datamodule.attach_encoder(self.encoder)  # the feature cache is keyed and built with it
+        if datamodule is not None and hasattr(datamodule, "connect"):
+            datamodule.connect(self)  # the one data<->model handshake (CLI, Trainer.fit, notebooks)
 
     # -- computation -------------------------------------------------------------------------------
     def perceive(self, media: Any, blind: bool = False, instruction: tuple[Tensor, Tensor] | None = None) -> Tensor:

@@ -43,8 +43,8 @@ def auc(scores: list[float], positive: list[bool]) -> float:
 
 
 def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -> tuple[Any, Any]:
-    """(module with the trained weights, its test datamodule of ``family``) of a run folder;
-    ``test_images``: how many test images (default: the run's)."""
+    """(module with the trained weights, its test datamodule of ``family``, connected to it) of a run
+    folder; ``test_images``: how many test images (default: the run's)."""
     config_path, checkpoint = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     for path in (config_path, checkpoint):
         if not path.is_file():
@@ -65,6 +65,7 @@ def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -
     unexpected = model.load_state_dict(read_trainable_state(checkpoint), strict=False).unexpected_keys
     if unexpected:
         raise ValueError(f"{checkpoint}: weights this model does not have, e.g. {unexpected[:3]}")
+    datamodule.connect(model)
     return model.eval(), datamodule
 
 
@@ -81,8 +82,7 @@ def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
         return samples
 
     datamodule.load_samples = with_answers
-    datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media)
-    datamodule.setup("test")
+    datamodule.setup("test")  # load_run has connected it to the model
     out = []
     for batch in datamodule.test_dataloader():
         seeing = option_loglikelihoods(model, batch)
