@@ -21,9 +21,11 @@ class Batch:
     ``media``: the stacked media (a tensor, a dict of tensors for audio front-ends, or cached
     :class:`~perceptlm.encoders.base.PerceptualFeatures`); None when every sample was skipped.
     ``skipped``: ``(sample id, reason)`` of samples whose media failed to load (counted, not trained).
-    ``media_position``: per row, the text-token index before which the perception goes (LLaVA's
-    ``<image>`` placeholder); None puts it before all text.
-    ``meta``: per-sample scoring facts of instruction tasks (task family, options, ...).
+    ``media_position``: per row, the text-token index (in ``input_ids``, or in the left-padded
+    ``prompt_ids``) before which the perception goes (LLaVA's ``<image>`` placeholder); None puts
+    it before all text.
+    ``meta``: per-sample scoring facts the evaluation passes to the task's scoring (instruction task
+    family, multiple-choice answer, CHAIR objects, NoCaps domain, ...); None when the samples have none.
     ``option_ids``: per sample, each answer option's token ids (multiple choice by likelihood).
     """
 

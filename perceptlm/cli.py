@@ -2,7 +2,8 @@
 
 Model and data are in subclass mode; configs compose in order
 (``--config mechanism.yaml --config data.yaml --config trainer.yaml``). The datamodule receives the
-model's tokenizer and media preprocessing after instantiation (not repeated in configs).
+model's tokenizer and media preprocessing when the run starts (``datamodule.connect(model)`` in the
+model's ``setup``; not repeated in configs).
 """
 
 from __future__ import annotations
@@ -72,15 +73,6 @@ class PerceptLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    def instantiate_classes(self) -> None:
-        super().instantiate_classes()
-        datamodule, model = self.datamodule, self.model
-        if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media,
-                               num_frames=getattr(model.encoder, "num_frames", None))
-            if getattr(datamodule, "feature_cache", None):
-                datamodule.attach_encoder(model.encoder)
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:

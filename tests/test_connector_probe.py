@@ -58,7 +58,7 @@ def test_measure_a_trained_run(tmp_path):
     # the tokens are the ones the model feeds its LLM for these images
     batch = next(iter(datamodule.test_dataloader()))
     with torch.no_grad():
-        first = model.perceive(batch["media"], instruction=(batch["prompt_ids"], batch["prompt_mask"]))
+        first = model.perceive(batch.media, instruction=(batch.prompt_ids, batch.prompt_mask))
     assert torch.allclose(tokens[: len(first)], first, atol=1e-6)
     result = connector_probe.measure(run, 12)
     assert result["images"] == len(captions) and 0 < result["image share"] < 1

@@ -92,8 +92,8 @@ def test_interface_adds_the_weighted_itc_loss_in_training_only(tmp_path, tiny_en
     total = module.loss(batch)
     module.eval()
     language = module.loss(batch)  # evaluation: the language-modelling loss alone
-    visual = module.perceive(batch["media"])
-    labels = batch["labels"]
+    visual = module.perceive(batch.media)
+    labels = batch.labels
     answer = (labels != -100).float().unsqueeze(-1)
     text = (module.llm.embed(labels.clamp(min=0)) * answer).sum(1) / answer.sum(1)
     itc = module.contrastive(visual, text)

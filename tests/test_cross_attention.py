@@ -34,8 +34,8 @@ def test_target_layers_follow_depalm_and_validate():
 def test_identity_at_initialisation_and_trainable_count(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, train=False)
-    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-    logits = module(batch["media"], ids, mask)
+    ids, mask = batch.prompt_ids, batch.prompt_mask
+    logits = module(batch.media, ids, mask)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     plain = tiny_llm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
     assert torch.allclose(logits[mask.bool()], plain[mask.bool()], atol=1e-5)
@@ -72,24 +72,24 @@ def test_causal_and_generation_equalities(tiny_encoder, tiny_llm):
             block.attention_gate.fill_(1.0)
             block.ffn_gate.fill_(0.5)
     batch = _batch(module, train=True)
-    ids = batch["input_ids"][:1].clone()
-    mask = batch["attention_mask"][:1]
-    logits = module(batch["media"][:1], ids, mask)
+    ids = batch.input_ids[:1].clone()
+    mask = batch.attention_mask[:1]
+    logits = module(batch.media[:1], ids, mask)
     ids[:, 5] = (ids[:, 5] + 3) % 200
-    assert torch.allclose(logits[:, :5], module(batch["media"][:1], ids, mask)[:, :5], atol=1e-6)
-    blind = module.generate(batch["media"][:1], batch["input_ids"][:1, :4], batch["attention_mask"][:1, :4],
+    assert torch.allclose(logits[:, :5], module(batch.media[:1], ids, mask)[:, :5], atol=1e-6)
+    blind = module.generate(batch.media[:1], batch.input_ids[:1, :4], batch.attention_mask[:1, :4],
                             max_new_tokens=3, blind=True)
     assert blind.shape[0] == 1
 
     evaluation = _batch(module, train=False)
-    args = (evaluation["media"], evaluation["prompt_ids"], evaluation["prompt_mask"])
+    args = (evaluation.media, evaluation.prompt_ids, evaluation.prompt_mask)
     together = module.generate(*args, max_new_tokens=5)
     for i in range(len(PROMPTS)):
-        keep = evaluation["prompt_mask"][i].bool()
-        alone = module.generate(evaluation["media"][i : i + 1], evaluation["prompt_ids"][i : i + 1, keep],
-                                evaluation["prompt_mask"][i : i + 1, keep], max_new_tokens=5)
+        keep = evaluation.prompt_mask[i].bool()
+        alone = module.generate(evaluation.media[i : i + 1], evaluation.prompt_ids[i : i + 1, keep],
+                                evaluation.prompt_mask[i : i + 1, keep], max_new_tokens=5)
         assert torch.equal(alone[0], together[i, : alone.shape[1]])
-    media, ids, mask = evaluation["media"][:1], evaluation["prompt_ids"][:1], evaluation["prompt_mask"][:1]
+    media, ids, mask = evaluation.media[:1], evaluation.prompt_ids[:1], evaluation.prompt_mask[:1]
     cached = module.generate(media, ids, mask, max_new_tokens=4)
     for _ in range(4):
         step = module(media, ids, mask)[:, -1].argmax(-1, keepdim=True)
@@ -104,10 +104,10 @@ def test_flamingo_is_the_identity_at_initialisation(tiny_encoder, tiny_llm):
                            connector={"num_layers": 2, "num_queries": 8}).eval()
     assert module.injection.layer_indices == [0]  # every 4th layer of 4
     batch = _batch(module, train=False)
-    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    ids, mask = batch.prompt_ids, batch.prompt_mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     plain = tiny_llm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    assert torch.allclose(module(batch["media"], ids, mask)[mask.bool()], plain[mask.bool()], atol=1e-5)
+    assert torch.allclose(module(batch.media, ids, mask)[mask.bool()], plain[mask.bool()], atol=1e-5)
     D = W = 64
     H, Q, n, C, X = tiny_llm.hidden_size, 8, 2, 2, 1
     expected = (2 * D + Q * W + 2 * W + n * (12 * W * W + 13 * W) + C * (2 * W * W + 2 * D * W + 6 * W)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from perceptlm.zoo import tiny_tokenizer
 
 def _connected(**kwargs):
     dm = EasyVQADataModule(**kwargs)
-    dm.connect(tiny_tokenizer(), lambda image: torch.zeros(3, 8, 8))
+    encoder = SimpleNamespace(preprocess=lambda image: torch.zeros(3, 8, 8))  # a model as connect reads it
+    dm.connect(SimpleNamespace(tokenizer=tiny_tokenizer(), encoder=encoder, stop_token_ids=[]))
     return dm
 
 
@@ -54,12 +56,12 @@ def test_batches_are_tokenised_for_training_and_generation():
     dm = _connected(limit=8, batch_size=4, test_limit=4)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert batch["input_ids"].shape == batch["labels"].shape and batch["media"].shape == (4, 3, 8, 8)
-    assert (batch["attention_mask"][:, 0] == 1).all()  # right padding for training
+    assert batch.input_ids.shape == batch.labels.shape and batch.media.shape == (4, 3, 8, 8)
+    assert (batch.attention_mask[:, 0] == 1).all()  # right padding for training
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    assert (batch["prompt_mask"][:, -1] == 1).all()  # left padding for generation
-    assert all(len(r) == 1 for r in batch["references"])
+    assert (batch.prompt_mask[:, -1] == 1).all()  # left padding for generation
+    assert all(len(r) == 1 for r in batch.references)
 
 
 def test_captions_from_questions():

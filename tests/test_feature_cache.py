@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,11 +46,14 @@ def _module(tiny_encoder, tiny_llm):
 
 def _datamodule(module, root, cache=None, batch_size=4):
     dm = EasyVQADataModule(data_root=str(root), batch_size=batch_size, test_limit=4, val_limit=4, feature_cache=cache)
-    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media)
-    if cache:
-        dm.attach_encoder(module.encoder)
+    dm.connect(module)
     dm.setup("fit")
     return dm
+
+
+def _with_encoder(module, encoder):
+    """``module`` as ``connect`` reads it, with another encoder."""
+    return SimpleNamespace(tokenizer=module.tokenizer, encoder=encoder, stop_token_ids=[])
 
 
 def _count_calls(monkeypatch, encoder) -> list[int]:
@@ -84,13 +88,13 @@ def test_cached_training_loss_equals_live(small_root, tmp_path, tiny_encoder, ti
         torch.manual_seed(0)  # the same dropout masks in both runs
         for batch in dm.train_dataloader():
             if name == "cached":
-                assert isinstance(batch["media"], PerceptualFeatures) and batch["media"].tokens.shape[1:] == (1, 17, 64)
-                assert batch["media"].cls_index == 0 and batch["media"].grid == (4, 4)
+                assert isinstance(batch.media, PerceptualFeatures) and batch.media.tokens.shape[1:] == (1, 17, 64)
+                assert batch.media.cls_index == 0 and batch.media.grid == (4, 4)
             loss = model.loss(batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-            steps.append((batch["ids"], loss.item()))
+            steps.append((batch.ids, loss.item()))
         losses[name] = steps
     assert [ids for ids, _ in losses["live"]] == [ids for ids, _ in losses["cached"]] and len(losses["live"]) == 3
     live_losses, cached_losses = (np.array([v for _, v in losses[k]]) for k in ("live", "cached"))
@@ -112,7 +116,7 @@ def test_encoder_never_runs_when_training_from_the_cache(small_root, tmp_path, t
     trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=dm)  # InterfaceModule.setup attaches the encoder; validation generates
+    trainer.fit(module, datamodule=dm)  # InterfaceModule.setup connects the data (encoder included); validation generates
     assert trainer.global_step == 2 and dm.encoder is module.encoder
     assert trainer.callback_metrics["val/num_samples"] == 4
 
@@ -165,9 +169,10 @@ def test_random_augmentation_and_trainable_encoders_are_refused(small_root, tmp_
     augmented.random_augmentation = True
     dm = EasyVQADataModule(data_root=str(small_root), feature_cache=str(tmp_path))
     with pytest.raises(ValueError, match=r"random augmentation .*random_augmentation=True.*feature_cache: null"):
-        dm.attach_encoder(augmented)
-    with pytest.raises(ValueError, match="random augmentation"):
-        FeatureCache.for_encoder(tmp_path, augmented).build(augmented, [], lambda path: path)
+        dm.connect(_with_encoder(module, augmented))
+    dm.setup("fit")  # a refused encoder is not kept: no cache can be built with it
+    with pytest.raises(RuntimeError, match="needs the encoder"):
+        dm.train_dataloader()
 
     class FrameSampled(EasyVQADataModule):
         sampled_media = True
@@ -175,14 +180,14 @@ def test_random_augmentation_and_trainable_encoders_are_refused(small_root, tmp_
 
     sampled = FrameSampled(data_root=str(small_root), feature_cache=str(tmp_path))
     with pytest.raises(ValueError, match=r"train_frame_sampling='random'.*train_frame_sampling: uniform"):
-        sampled.attach_encoder(module.encoder)
+        sampled.connect(module)
     sampled.train_frame_sampling = "uniform"
-    sampled.attach_encoder(module.encoder)  # eval-style sampling: allowed
-    FrameSampled(data_root=str(small_root)).attach_encoder(module.encoder)  # no cache: nothing to refuse
+    sampled.connect(module)  # eval-style sampling: allowed
+    FrameSampled(data_root=str(small_root)).connect(module)  # no cache: nothing to refuse
     trainable = tiny_encoder.with_selection()
     trainable.trainable = True
     with pytest.raises(ValueError, match="trainable"):
-        dm.attach_encoder(trainable)
+        dm.connect(_with_encoder(module, trainable))
 
 
 def test_rows_are_memory_mapped_and_deduplicated(small_root, tmp_path, tiny_encoder, tiny_llm, monkeypatch):
@@ -200,19 +205,18 @@ def test_rows_are_memory_mapped_and_deduplicated(small_root, tmp_path, tiny_enco
     tokens, mask = dataset.features.arrays(0)
     assert isinstance(tokens, np.memmap) and isinstance(mask, np.memmap) and mask.dtype == np.bool_
     assert len(pickle.dumps(dataset)) < tokens.nbytes  # workers re-open the map instead of copying it
-    skipped = [reason for batch in batches for _, reason in batch["skipped"]]
+    skipped = [reason for batch in batches for _, reason in batch.skipped]
     assert len(skipped) == 4 and all("3.png" in r and "UnidentifiedImageError" in r for r in skipped)
-    assert sum(len(b["ids"]) for b in batches) == 12
+    assert sum(len(b.ids) for b in batches) == 12
 
 
 def test_auto_root_and_missing_encoder(small_root, tmp_path, monkeypatch, tiny_encoder, tiny_llm):
     monkeypatch.setenv("PERCEPTLM_CACHE", str(tmp_path))
     assert resolve_root("auto") == tmp_path / "features"
     module = _module(tiny_encoder, tiny_llm)
-    dm = EasyVQADataModule(data_root=str(small_root), feature_cache="auto")
-    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media)  # no encoder attached
+    dm = EasyVQADataModule(data_root=str(small_root), feature_cache="auto")  # not connected: no encoder
     dm.setup("fit")
-    with pytest.raises(RuntimeError, match=r"needs the encoder: .*attach_encoder\(model.encoder\)"):
+    with pytest.raises(RuntimeError, match=r"needs the encoder: .*datamodule.connect\(model\)"):
         dm.train_dataloader()
 
 
@@ -285,20 +289,18 @@ def test_video_cache_needs_uniform_training_frames(tmp_path, tiny_llm):
     def datamodule(**extra):
         dm = SynthVideoDataModule(**kwargs, **extra)
         dm.prepare_data()
-        dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media,
-                   num_frames=module.encoder.num_frames)
+        dm.connect(module)
         return dm
 
     with pytest.raises(ValueError, match=r"train_frame_sampling='random'.*train_frame_sampling: uniform"):
-        datamodule(feature_cache=str(tmp_path / "cache")).attach_encoder(module.encoder)
+        datamodule(feature_cache=str(tmp_path / "cache"))
     live, cached = datamodule(train_frame_sampling="uniform"), datamodule(train_frame_sampling="uniform",
                                                                           feature_cache=str(tmp_path / "cache"))
-    cached.attach_encoder(module.encoder)
     live.setup("fit"), cached.setup("fit")
     live_batch, cached_batch = next(iter(live.train_dataloader())), next(iter(cached.train_dataloader()))
-    assert live_batch["ids"] == cached_batch["ids"] and cached_batch["media"].tokens.shape[0] == 4
+    assert live_batch.ids == cached_batch.ids and cached_batch.media.tokens.shape[0] == 4
     with torch.no_grad():
-        expected = module.encoder(live_batch["media"])
-    torch.testing.assert_close(cached_batch["media"].tokens, expected.tokens, rtol=0, atol=1e-6)
-    assert torch.equal(cached_batch["media"].mask, expected.mask)
-    assert (cached_batch["media"].cls_index, cached_batch["media"].grid) == (expected.cls_index, expected.grid)
+        expected = module.encoder(live_batch.media)
+    torch.testing.assert_close(cached_batch.media.tokens, expected.tokens, rtol=0, atol=1e-6)
+    assert torch.equal(cached_batch.media.mask, expected.mask)
+    assert (cached_batch.media.cls_index, cached_batch.media.grid) == (expected.cls_index, expected.grid)

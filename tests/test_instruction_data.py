@@ -8,6 +8,7 @@ import glob
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,6 +35,12 @@ from perceptlm.evaluation.scoring import score
 from perceptlm.zoo import tiny_tokenizer
 
 BLANK = lambda image: torch.zeros(3, 8, 8)  # noqa: E731 - media preprocessing stand-in
+
+
+def _model(tokenizer, preprocess=BLANK):
+    """A model as ``connect`` reads it: tokenizer, encoder (media preprocessing), stop tokens."""
+    return SimpleNamespace(tokenizer=tokenizer, encoder=SimpleNamespace(preprocess=preprocess), stop_token_ids=[])
+
 TURNS = [("human", "<image>\nWhat color is it?"), ("gpt", "red"), ("human", "And the shape?"), ("gpt", "a circle")]
 
 
@@ -78,7 +85,7 @@ def test_llava_json_labels_only_on_assistant_turns(tmp_path):
         _image(tmp_path / "train2017" / record["image"])
     tokenizer = tiny_tokenizer()
     dm = LLaVAInstructDataModule(data_root=str(tmp_path), holdout=1, template="vicuna_v1", batch_size=2)
-    dm.connect(tokenizer, BLANK)
+    dm.connect(_model(tokenizer))
     dm.setup("fit")
     assert len(dm.datasets["train"]) == 1 and len(dm.datasets["val"]) == 1  # the text-only record is dropped
     collate = InstructionCollator(tokenizer, "conversation", train=True, template="vicuna_v1")
@@ -86,29 +93,29 @@ def test_llava_json_labels_only_on_assistant_turns(tmp_path):
     batch = collate(samples)
     eos = tokenizer.eos_token
     expected = {"000000033471": [f" White and red.{eos}", f" On a street.{eos}"], "000000052846": [f" Sleeping.{eos}"]}
-    for row, sample_id in enumerate(batch["ids"]):
-        assert _labeled_spans(batch["input_ids"][row], batch["labels"][row], tokenizer) == expected[sample_id]
-        prefix = tokenizer.decode(batch["input_ids"][row, : batch["media_position"][row]])
-        text = tokenizer.decode(batch["input_ids"][row][batch["attention_mask"][row].bool()])
+    for row, sample_id in enumerate(batch.ids):
+        assert _labeled_spans(batch.input_ids[row], batch.labels[row], tokenizer) == expected[sample_id]
+        prefix = tokenizer.decode(batch.input_ids[row, : batch.media_position[row]])
+        text = tokenizer.decode(batch.input_ids[row][batch.attention_mask[row].bool()])
         assert "<image>" not in text and text.startswith("A chat between a curious user")
         if sample_id == "000000052846":  # <image> opens the human turn
             assert prefix.endswith("USER: ") and text[len(prefix):].startswith("What is the cat doing?")
         else:  # "What colour is the bus?\n<image>": perception goes after the question
             assert prefix.endswith("USER: What colour is the bus?") and text[len(prefix):].startswith(" ASSISTANT:")
     last_question = {"000000033471": "Where is it?", "000000052846": "What is the cat doing?"}
-    assert batch["instructions"] == [last_question[i] for i in batch["ids"]]
-    for row, instruction in enumerate(batch["instructions"]):
-        kept = batch["instruction_ids"][row][batch["instruction_mask"][row].bool()]
-        assert tokenizer.decode(kept) == instruction
+    for row, sample_id in enumerate(batch.ids):  # what an instruction-aware head reads: the unsupervised text
+        instruction = tokenizer.decode(batch.input_ids[row][batch.instruction_mask[row]])
+        assert last_question[sample_id] in instruction and instruction.startswith("A chat between a curious user")
+        assert not any(answer[1 : -len(eos)] in instruction for answer in expected[sample_id])
 
     evaluation = InstructionCollator(tokenizer, "conversation", train=False, template="vicuna_v1")(samples)
-    for row, sample_id in enumerate(evaluation["ids"]):
-        prompt = tokenizer.decode(evaluation["prompt_ids"][row][evaluation["prompt_mask"][row].bool()])
+    for row, sample_id in enumerate(evaluation.ids):
+        prompt = tokenizer.decode(evaluation.prompt_ids[row][evaluation.prompt_mask[row].bool()])
         assert prompt.endswith("ASSISTANT:")
-        assert evaluation["references"][row] == [expected[sample_id][-1][1: -len(eos)]]
-        before = tokenizer.decode(evaluation["prompt_ids"][row, : evaluation["media_position"][row]], skip_special_tokens=True)
+        assert evaluation.references[row] == [expected[sample_id][-1][1: -len(eos)]]
+        before = tokenizer.decode(evaluation.prompt_ids[row, : evaluation.media_position[row]], skip_special_tokens=True)
         assert before.lstrip(tokenizer.pad_token).endswith("USER: " if sample_id == "000000052846" else "bus?")
-    assert (evaluation["prompt_mask"][:, -1] == 1).all()
+    assert (evaluation.prompt_mask[:, -1] == 1).all()
 
 
 def test_named_templates_and_the_tokenizers_own(smol_tokenizer):
@@ -157,11 +164,11 @@ def test_caption_pairs_become_instruction_records():
 
     source = EasyVQADataModule(task="caption", test_limit=3)
     dm = CaptionInstructDataModule(source=source, template="vicuna_v1", eval_batch_size=3)
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    assert dm.task == "caption" and len(batch["ids"]) == 3 and all(len(r[0].split()) == 2 for r in batch["references"])
-    assert all(p in CAPTION_INSTRUCTIONS for p in batch["prompts"]) and batch["meta"][0]["task"] == "caption"
+    assert dm.task == "caption" and len(batch.ids) == 3 and all(len(r[0].split()) == 2 for r in batch.references)
+    assert all(p in CAPTION_INSTRUCTIONS for p in batch.prompts) and batch.meta[0]["task"] == "caption"
 
 
 def test_easy_instruct_is_deterministic_and_balanced():
@@ -281,7 +288,7 @@ def test_pope_files_and_metrics(tmp_path):
     for q in (1, 2, 3):
         _image(tmp_path / "val2014" / f"COCO_val2014_{q:012d}.jpg")
     dm = POPEDataModule(data_root=str(tmp_path))
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     samples = dm.datasets["test"].samples
     assert [s.id for s in samples][:3] == ["random-1", "random-2", "random-3"] and len(samples) == 8
@@ -316,13 +323,13 @@ def test_scienceqa_image_problems_and_letter_scoring(tmp_path):
         _image(tmp_path / "images" / "test" / pid / "image.png")
     dm = ScienceQADataModule(data_root=str(tmp_path), template="vicuna_v1", eval_batch_size=4)
     tokenizer = tiny_tokenizer()
-    dm.connect(tokenizer, BLANK)
+    dm.connect(_model(tokenizer))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    assert batch["ids"] == ["1", "3"] and batch["references"] == [["B"], ["A"]]  # no-image problem 2 left out
-    assert batch["prompts"][1] == ("Context: Look at the map.\nWhich is a state?\nA. Ohio\nB. Paris\n"
+    assert batch.ids == ["1", "3"] and batch.references == [["B"], ["A"]]  # no-image problem 2 left out
+    assert batch.prompts[1] == ("Context: Look at the map.\nWhich is a state?\nA. Ohio\nB. Paris\n"
                                    "Answer with the option's letter from the given choices directly.")
-    assert [[tokenizer.decode(o) for o in options] for options in batch["option_ids"]] == [[" cat", " dog", " fish"],
+    assert [[tokenizer.decode(o) for o in options] for options in batch.option_ids] == [[" cat", " dog", " fish"],
                                                                                           [" Ohio", " Paris"]]
     predictions = ["B", "The answer is A.", "(c)", "a dog", "B. dog", "I think C"]
     references = [["B"], ["A"], ["B"], ["B"], ["B"], ["C"]]
@@ -373,23 +380,23 @@ def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny
         for parameter in module.connector.parameters():
             parameter.normal_(0, 0.5)  # an instruction projection that matters
     dm = EasyInstructDataModule(family="mcq", test_images=2, eval_batch_size=8, system="")
-    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media)
+    dm.connect(module)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    prompt_ids, prompt_mask, width = batch["prompt_ids"], batch["prompt_mask"], batch["prompt_ids"].shape[1]
+    prompt_ids, prompt_mask, width = batch.prompt_ids, batch.prompt_mask, batch.prompt_ids.shape[1]
 
     def scores(instructed=True, blind=False):
         """Per sample, each option's summed log-likelihood, one (prompt, option) pair per call."""
         out = []
-        for i, options in enumerate(batch["option_ids"]):
+        for i, options in enumerate(batch.option_ids):
             prompt = (prompt_ids[i : i + 1], prompt_mask[i : i + 1])
             row = []
             for option in options:
                 ids = torch.cat([prompt[0], torch.tensor([option])], 1)
                 mask = torch.cat([prompt[1], torch.ones(1, len(option), dtype=torch.long)], 1)
-                where = {"media_position": batch["media_position"][i : i + 1]} if "media_position" in batch else {}
+                where = {"media_position": batch.media_position[i : i + 1]} if batch.media_position is not None else {}
                 with torch.no_grad():
-                    logits = module(batch["media"][i : i + 1], ids, mask, instruction=prompt if instructed else None,
+                    logits = module(batch.media[i : i + 1], ids, mask, instruction=prompt if instructed else None,
                                     blind=blind, **where)
                 logprobs = logits[0, width - 1 : -1].log_softmax(-1)
                 row.append(float(logprobs.gather(-1, torch.tensor(option)[:, None]).sum()))
@@ -420,10 +427,10 @@ def test_flickr30k_nocaps_and_chair(tmp_path):
     for image in images:
         _image(tmp_path / "flickr30k-images" / image["filename"])
     dm = Flickr30kDataModule(data_root=str(tmp_path), eval_batch_size=4)
-    dm.connect(tiny_tokenizer(), BLANK)
+    dm.connect(_model(tiny_tokenizer()))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    assert batch["ids"] == ["1", "2"] and len(batch["references"][0]) == 2 and batch["meta"][0]["objects"] == []
+    assert batch.ids == ["1", "2"] and len(batch.references[0]) == 2 and batch.meta[0]["objects"] == []
 
     nocaps = {"images": [{"id": k, "file_name": f"{k}.jpg", "domain": d} for k, d in enumerate(["in-domain", "out-domain"])],
               "annotations": [{"image_id": k, "id": 10 + j, "caption": c} for k in (0, 1)

@@ -63,12 +63,12 @@ def test_loss_is_answer_tokens_plus_eos(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm, label_smoothing=0.0).eval()
     batch = _batch(module, PROMPTS, ANSWERS)
     eos = module.tokenizer.eos_token_id
-    for row, answer in zip(batch["labels"], ANSWERS):
+    for row, answer in zip(batch.labels, ANSWERS):
         supervised = row[row != -100].tolist()
         assert supervised == module.tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
     # Same value as cross-entropy over the full-vocabulary logits of forward().
-    logits = module(batch["media"], batch["input_ids"], batch["attention_mask"])
-    targets = batch["labels"][:, 1:]
+    logits = module(batch.media, batch.input_ids, batch.attention_mask)
+    targets = batch.labels[:, 1:]
     reference = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     assert torch.allclose(module.loss(batch), reference, atol=1e-5)
 
@@ -76,11 +76,11 @@ def test_loss_is_answer_tokens_plus_eos(tiny_encoder, tiny_llm):
 def test_forward_is_causal(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS[:1], ANSWERS[:1])
-    ids = batch["input_ids"].clone()
-    logits = module(batch["media"], ids, batch["attention_mask"])
+    ids = batch.input_ids.clone()
+    logits = module(batch.media, ids, batch.attention_mask)
     t = ids.shape[1] // 2
     ids[:, t + 1] = (ids[:, t + 1] + 7) % module.tokenizer.vocab_size
-    changed = module(batch["media"], ids, batch["attention_mask"])
+    changed = module(batch.media, ids, batch.attention_mask)
     assert torch.allclose(logits[:, : t + 1], changed[:, : t + 1], atol=1e-6)
     assert not torch.allclose(logits[:, t + 1 :], changed[:, t + 1 :])
 
@@ -88,18 +88,18 @@ def test_forward_is_causal(tiny_encoder, tiny_llm):
 def test_batched_left_padded_generation_equals_single(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS, ANSWERS, train=False)
-    together = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6)
+    together = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=6)
     for i in range(len(PROMPTS)):
-        mask = batch["prompt_mask"][i : i + 1].bool()[0]
-        alone = module.generate(batch["media"][i : i + 1], batch["prompt_ids"][i : i + 1, mask],
-                                batch["prompt_mask"][i : i + 1, mask], max_new_tokens=6)
+        mask = batch.prompt_mask[i : i + 1].bool()[0]
+        alone = module.generate(batch.media[i : i + 1], batch.prompt_ids[i : i + 1, mask],
+                                batch.prompt_mask[i : i + 1, mask], max_new_tokens=6)
         assert torch.equal(alone[0], together[i, : alone.shape[1]])
 
 
 def test_cached_generation_equals_recomputation(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
-    media, ids, mask = batch["media"], batch["prompt_ids"], batch["prompt_mask"]
+    media, ids, mask = batch.media, batch.prompt_ids, batch.prompt_mask
     cached = module.generate(media, ids, mask, max_new_tokens=5)
     for _ in range(5):  # greedy without a cache: the full forward each step
         logits = module(media, ids, mask)
@@ -111,7 +111,7 @@ def test_cached_generation_equals_recomputation(tiny_encoder, tiny_llm):
 def test_beam_search_scores_at_least_greedy(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS, ANSWERS, train=False)
-    args = (batch["media"], batch["prompt_ids"], batch["prompt_mask"])
+    args = (batch.media, batch.prompt_ids, batch.prompt_mask)
     beams = module.generate(*args, max_new_tokens=4, num_beams=3)
     one_beam = module.generate(*args, max_new_tokens=4, num_beams=1)
     assert beams.shape[0] == 3 and beams.shape[1] <= 4
@@ -145,11 +145,11 @@ def test_checkpoint_holds_trainable_weights_only(tiny_encoder, tiny_llm):
 def test_beam_search_is_batch_invariant(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS, ANSWERS, train=False)
-    together = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5, num_beams=3)
+    together = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5, num_beams=3)
     for i in range(len(PROMPTS)):
-        mask = batch["prompt_mask"][i].bool()
-        alone = module.generate(batch["media"][i : i + 1], batch["prompt_ids"][i : i + 1, mask],
-                                batch["prompt_mask"][i : i + 1, mask], max_new_tokens=5, num_beams=3)
+        mask = batch.prompt_mask[i].bool()
+        alone = module.generate(batch.media[i : i + 1], batch.prompt_ids[i : i + 1, mask],
+                                batch.prompt_mask[i : i + 1, mask], max_new_tokens=5, num_beams=3)
         pad = module.tokenizer.pad_token_id
         trim = lambda t: t[: int((t != pad).nonzero().max()) + 1] if bool((t != pad).any()) else t[:0]  # noqa: E731
         assert torch.equal(trim(alone[0]), trim(together[i]))
@@ -162,12 +162,12 @@ def test_stop_strings_cut_the_text_and_end_greedy_decoding(tiny_encoder, tiny_ll
     assert truncate_at_stop("no stop here", ["\n", "###"]) == "no stop here"
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
-    free = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=8)
+    free = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=8)
     first = module.tokenizer.decode(free[0, :2])
     stop = stop_string_criterion(module.tokenizer, [first])
     assert bool(stop(free[:, :2])[0]) and not bool(stop(free[:, :1])[0] and len(first) > 1)
     module.hparams.stop_strings = [first]
-    stopped = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=8)
+    stopped = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=8)
     assert stopped.shape[1] <= 2 and torch.equal(stopped[0], free[0, : stopped.shape[1]])
 
 
@@ -179,12 +179,12 @@ def test_save_and_load_pretrained_generate_the_same(tmp_path, tiny_encoder, tiny
     module = _module(tiny_encoder, tiny_llm, connector={"num_queries": 4}).eval()
     torch.nn.init.normal_(module.connector.output[0].weight, std=0.5)  # not the init any more
     batch = _batch(module, PROMPTS, ANSWERS, train=False)
-    before = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5)
+    before = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5)
     module.save_pretrained(tmp_path / "export")
     assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == module.trainable_keys()
     loaded = InterfaceModule.from_pretrained(tmp_path / "export")  # backbones rebuilt from the zoo
     assert loaded.encoder_name == "test-tiny-vit" and loaded.preset.connector["num_queries"] == 4
-    after = loaded.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=5)
+    after = loaded.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5)
     assert torch.equal(before, after)
     with pytest.raises(FileNotFoundError, match="not a perceptlm export"):
         InterfaceModule.from_pretrained(tmp_path)
@@ -211,23 +211,33 @@ def test_compiled_llm_layers_give_the_eager_loss_and_gradients(tiny_encoder, tin
 def test_generation_stops_at_an_end_of_turn_token_besides_eos(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm).eval()
     batch = _batch(module, PROMPTS[:1], ANSWERS[:1], train=False)
-    free = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6, num_beams=1)
+    free = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=6, num_beams=1)
     assert free.shape[1] == 6 and module.llm.eos_token_id not in free[0, :3].tolist()
     module.stop_token_ids = [module.llm.eos_token_id, int(free[0, 2])]  # e.g. <|eot_id|> of a chat template
-    stopped = module.generate(batch["media"], batch["prompt_ids"], batch["prompt_mask"], max_new_tokens=6, num_beams=1)
+    stopped = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=6, num_beams=1)
     assert stopped[0].tolist() == free[0, :3].tolist()
     assert module._decode(free) == [module.tokenizer.decode(free[0, :2], skip_special_tokens=True).strip()]
 
 
 def test_instruction_data_reports_its_single_token_end_of_turn(smollm2, tiny_llm):
+    from types import SimpleNamespace
+
     from perceptlm.data import EasyInstructDataModule
 
     def stops(tokenizer, template):
-        data = EasyInstructDataModule(template=template)
-        data.connect(tokenizer, None)
-        return data.stop_token_ids()
+        """The stop tokens connect gives a model that had none."""
+        model = SimpleNamespace(tokenizer=tokenizer, encoder=SimpleNamespace(preprocess=None), stop_token_ids=[])
+        EasyInstructDataModule(template=template).connect(model)
+        return model.stop_token_ids
 
     assert stops(smollm2.tokenizer, "auto") == smollm2.tokenizer.convert_tokens_to_ids(["<|im_end|>"])
     assert smollm2.tokenizer.decode(stops(smollm2.tokenizer, "llava_v0")) == "###"  # one token in SmolLM2
     assert stops(tiny_llm.tokenizer, "llava_v0") == []  # several tokens: stop_strings end it
     assert stops(tiny_llm.tokenizer, "vicuna_v1") == [tiny_llm.tokenizer.eos_token_id]
+    end = smollm2.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = SimpleNamespace(tokenizer=smollm2.tokenizer, encoder=SimpleNamespace(preprocess=None),
+                            stop_token_ids=[smollm2.eos_token_id])
+    data = EasyInstructDataModule()
+    data.connect(model)
+    data.connect(model)  # connecting again adds nothing twice
+    assert model.stop_token_ids == sorted({smollm2.eos_token_id, end})

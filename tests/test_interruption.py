@@ -197,7 +197,7 @@ class Recorder(Callback):
         self.steps: dict[int, tuple] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.steps[trainer.global_step] = (tuple(batch["ids"]), batch["input_ids"].tolist(),
+        self.steps[trainer.global_step] = (tuple(batch.ids), batch.input_ids.tolist(),
                                            torch.get_rng_state().sum().item())
 
 

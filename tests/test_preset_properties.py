@@ -59,7 +59,7 @@ def plain_logits(llm, ids, mask):
 
 def check_causal(module):
     b = batch(module, train=True)
-    ids, mask, media = b["input_ids"][:1].clone(), b["attention_mask"][:1], b["media"][:1]
+    ids, mask, media = b.input_ids[:1].clone(), b.attention_mask[:1], b.media[:1]
     logits = module(media, ids, mask)
     t = ids.shape[1] // 2
     ids[:, t + 1] = (ids[:, t + 1] + 7) % 200
@@ -70,7 +70,7 @@ def check_causal(module):
 
 def check_generation(module):
     e = batch(module, train=False)
-    media, ids, mask = e["media"], e["prompt_ids"], e["prompt_mask"]
+    media, ids, mask = e.media, e.prompt_ids, e.prompt_mask
     together = module.generate(media, ids, mask, max_new_tokens=5, num_beams=1)
     for i in range(len(PROMPTS)):  # left-padded batch == each sample alone
         keep = mask[i].bool()
@@ -100,10 +100,10 @@ def test_generation_batched_cached_and_beam(name, tiny_encoder, tiny_llm):
 def test_gated_mechanisms_are_the_identity_at_initialisation(name, tiny_encoder, tiny_llm):
     module = build(name, tiny_encoder, tiny_llm).eval()
     e = batch(module, train=False)
-    ids, mask = e["prompt_ids"], e["prompt_mask"]
+    ids, mask = e.prompt_ids, e.prompt_mask
     plain = plain_logits(tiny_llm, ids, mask)
-    assert torch.allclose(module(e["media"], ids, mask)[mask.bool()], plain[mask.bool()], atol=1e-5)
-    opened = open_gates(module)(e["media"], ids, mask)
+    assert torch.allclose(module(e.media, ids, mask)[mask.bool()], plain[mask.bool()], atol=1e-5)
+    opened = open_gates(module)(e.media, ids, mask)
     assert not torch.allclose(opened[mask.bool()], plain[mask.bool()], atol=1e-3)  # the gates do act
 
 
@@ -147,9 +147,9 @@ def test_llm_families(name, family, tiny_encoder):
     module = build(name, tiny_encoder, llm).eval()
     if name in GATED:
         e = batch(module, train=False)
-        plain = plain_logits(llm, e["prompt_ids"], e["prompt_mask"])
-        mask = e["prompt_mask"].bool()
-        assert torch.allclose(module(e["media"], e["prompt_ids"], e["prompt_mask"])[mask], plain[mask], atol=1e-5)
+        plain = plain_logits(llm, e.prompt_ids, e.prompt_mask)
+        mask = e.prompt_mask.bool()
+        assert torch.allclose(module(e.media, e.prompt_ids, e.prompt_mask)[mask], plain[mask], atol=1e-5)
     open_gates(module)
     check_causal(module)
     check_generation(module)
@@ -162,7 +162,7 @@ def test_inner_injection_spreads_encoder_layers_and_maps_each_once(tiny_encoder,
     calls = []
     module.connector.register_forward_hook(lambda m, args, out: calls.append(out.shape))
     e = batch(module, train=False)
-    visual = module.perceive(e["media"])
+    visual = module.perceive(e.media)
     assert visual.shape == (3, 4, 4, llm.hidden_size) and calls == [(12, 4, llm.hidden_size)]  # one pass, 4 layers folded
     with module.injection.context(visual):
         assert [module.injection.tokens(s).shape[1] for s in range(3)] == [4, 4, 4]

@@ -183,11 +183,11 @@ def test_visual_tokens_and_trainable_count(name, tiny_encoder, tiny_llm):
     encoder = encoder_for(name, tiny_encoder)
     module = build(name, encoder, tiny_llm).eval()
     batch = make_batch(module)
-    visual = module.perceive(batch["media"])
+    visual = module.perceive(batch.media)
     H, D = tiny_llm.hidden_size, encoder.embed_dim
     assert visual.shape == (2, expected_visual_tokens(module.preset, encoder), H)
     assert module.num_visual_tokens == expected_visual_tokens(module.preset, encoder)
-    assert module.perceive(batch["media"], blind=True).shape == visual.shape  # the blind baseline
+    assert module.perceive(batch.media, blind=True).shape == visual.shape  # the blind baseline
     expected = expected_trainable(module.preset, D, H, tiny_llm)
     assert formula_value(module.preset, D, H, tiny_llm) == expected
     assert module.num_trainable_parameters == expected
@@ -215,8 +215,8 @@ def test_one_step_changes_only_the_interface(name, tiny_encoder, tiny_llm):
 def test_forward_is_causal(name, tiny_encoder, tiny_llm):
     module = build(name, encoder_for(name, tiny_encoder), tiny_llm).eval()
     batch = make_batch(module)
-    ids = batch["input_ids"][:1].clone()
-    media, mask = batch["media"][:1], batch["attention_mask"][:1]
+    ids = batch.input_ids[:1].clone()
+    media, mask = batch.media[:1], batch.attention_mask[:1]
     logits = module(media, ids, mask)
     t = ids.shape[1] // 2
     ids[:, t + 1] = (ids[:, t + 1] + 7) % module.tokenizer.vocab_size

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -261,8 +262,14 @@ def msrvtt_root(tmp_path_factory):
     return make_msrvtt(tmp_path_factory.mktemp("msrvtt"))
 
 
+def _model(preprocess, num_frames=None):
+    """A model as ``connect`` reads it: tokenizer, encoder (preprocess, frame count), stop tokens."""
+    encoder = SimpleNamespace(preprocess=preprocess, num_frames=num_frames)
+    return SimpleNamespace(tokenizer=tiny_tokenizer(), encoder=encoder, stop_token_ids=[])
+
+
 def _connected(dm, num_frames=4):
-    dm.connect(tiny_tokenizer(), lambda frames: torch.from_numpy(frames), num_frames=num_frames)
+    dm.connect(_model(lambda frames: torch.from_numpy(frames), num_frames))
     return dm
 
 
@@ -278,7 +285,7 @@ def test_msrvtt_splits_and_references(msrvtt_root, tmp_path):
     assert [s.id for s in dm.load_samples("train")] == ["video0", "video1"]
     assert [s.id for s in dm.load_samples("test")] == ["video3", "video4"]
     with pytest.raises(ValueError, match="num_frames"):
-        dm.connect(tiny_tokenizer(), lambda frames: frames)  # an image encoder gives no frame count
+        dm.connect(_model(lambda frames: frames))  # an image encoder gives no frame count
 
 
 def test_msrvtt_bad_annotations_name_file_and_record(msrvtt_root, tmp_path):

@@ -36,7 +36,7 @@ def test_margins_of_a_trained_run(tmp_path, capsys):
          "--trainer.callbacks.save_top_k", "0"])
     model, datamodule = yesno_margin.load_run(run)
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    assert state and all(torch.equal(model.state_dict()[k], v) for k, v in state.items())  # the trained weights
+    assert state and all(torch.equal(model.state_dict()[k.removeprefix("model.")], v) for k, v in state.items())  # trained
     rows = yesno_margin.margins(model, datamodule)
     assert len(rows) == 16 and Counter(r["probe"] for r in rows) == {p: 4 for p in ("shape-yes", "shape-no", "color-yes", "color-no")}
     assert all(r["present"] == r["probe"].endswith("yes") for r in rows)

@@ -43,10 +43,7 @@ def _datamodule(args: argparse.Namespace, module: Any, cache: str | None) -> Any
     dm = _class(args.data)(limit=args.limit, batch_size=args.batch_size, seed=0, feature_cache=cache,
                            **json.loads(args.data_args))
     dm.prepare_data()
-    dm.connect(module.tokenizer, module.encoder.preprocess, module.encoder.stack_media,
-               num_frames=getattr(module.encoder, "num_frames", None))
-    if cache:
-        dm.attach_encoder(module.encoder)
+    dm.connect(module)
     dm.setup("fit")
     return dm
 

@@ -28,11 +28,13 @@ from typing import Any
 
 import torch
 
+from perceptlm.batch import Batch
+
 import common
 import workloads
 
 
-def _hand_loop(module: Any, batches: list[dict[str, Any]], clip: float) -> tuple[list[float], float]:
+def _hand_loop(module: Any, batches: list[Batch], clip: float) -> tuple[list[float], float]:
     """The plain PyTorch loop; returns batch start times and the total seconds."""
     from lightning.pytorch import Trainer
 
@@ -57,7 +59,7 @@ def _hand_loop(module: Any, batches: list[dict[str, Any]], clip: float) -> tuple
     return starts, starts[-1] - begin
 
 
-def _lightning(module: Any, batches: list[dict[str, Any]], clip: float) -> tuple[list[float], float]:
+def _lightning(module: Any, batches: list[Batch], clip: float) -> tuple[list[float], float]:
     """``Trainer.fit`` over ``batches``; returns batch start times (+ the end) and the fit seconds."""
     from lightning.pytorch import Callback, Trainer
     from torch.utils.data import DataLoader

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def connector_pass() -> None:
             with autocast:
-                out = module.connector(batch["media"])
+                out = module.connector(batch.media)
             out.float().pow(2).mean().backward()
 
         connector_flops = flops.counted_flops(connector_pass)

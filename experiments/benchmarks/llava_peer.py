@@ -17,9 +17,12 @@ every position; ours only on the supervised ones.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+
+from perceptlm.batch import Batch
 
 import common
 import workloads
@@ -63,19 +66,19 @@ def build(args: Any) -> tuple[Any, Any, int]:
     return ours, peer, patches
 
 
-def inputs(ours: Any, peer: Any, patches: int, args: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def inputs(ours: Any, peer: Any, patches: int, args: Any) -> tuple[Batch, dict[str, Any]]:
     """The same sample in both formats."""
     generator = torch.Generator().manual_seed(args.seed)
     size = ours.encoder.image_size
     pixels = torch.randn(args.batch_size, 3, size, size, generator=generator)
     vocab = ours.llm.model.get_input_embeddings().num_embeddings
     text = workloads.text_batch(vocab, args.batch_size, args.text_length, args.answer_length, generator)
-    ours_batch = {**text, "media": pixels}
+    ours_batch = dataclasses.replace(text, media=pixels)
     image = torch.full((args.batch_size, patches), peer.config.image_token_id, dtype=torch.long)
     peer_batch = {
-        "input_ids": torch.cat([image, text["input_ids"]], dim=1),
-        "attention_mask": torch.cat([torch.ones_like(image), text["attention_mask"]], dim=1),
-        "labels": torch.cat([torch.full_like(image, -100), text["labels"]], dim=1),
+        "input_ids": torch.cat([image, text.input_ids], dim=1),
+        "attention_mask": torch.cat([torch.ones_like(image), text.attention_mask], dim=1),
+        "labels": torch.cat([torch.full_like(image, -100), text.labels], dim=1),
         "pixel_values": pixels,
     }
     return ours_batch, peer_batch
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ours.eval(), peer.eval()
     with torch.no_grad():
-        ours_logits = ours(ours_batch["media"], ours_batch["input_ids"], ours_batch["attention_mask"])
+        ours_logits = ours(ours_batch.media, ours_batch.input_ids, ours_batch.attention_mask)
         ours_loss = ours.loss(ours_batch)
         out = peer(**peer_batch)
     peer_logits = out.logits[:, patches:]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from perceptlm.batch import Batch
 from perceptlm.encoders.base import PerceptualFeatures
 from perceptlm.encoders.hf_vision import HFVisionEncoder
 from perceptlm.llm.language_model import LanguageModel
@@ -70,8 +71,9 @@ def random_features(encoder: Any, batch: int, generator: torch.Generator | None 
 
 def text_batch(vocab_size: int, batch: int, text_length: int = 24, answer_length: int = 8,
                generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-               low: int = 10) -> dict[str, Any]:
-    """Right-aligned training text as the collator gives it: ``text_length`` tokens, the last
+               low: int = 10) -> Batch:
+    """Right-aligned training text as the collator gives it (a :class:`~perceptlm.batch.Batch`
+    without media): ``text_length`` tokens, the last
     ``answer_length`` supervised (answer + EOS), the prompt before them unsupervised. Ids are drawn
     from ``[low, vocab_size - 1)`` (clear of the special tokens at the start of the vocabulary and
     of the last id, which the LLaVA peer uses as its image token)."""
@@ -80,17 +82,18 @@ def text_batch(vocab_size: int, batch: int, text_length: int = 24, answer_length
     ids = torch.randint(low, vocab_size - 1, (batch, text_length), generator=generator)
     labels = ids.clone()
     labels[:, : text_length - answer_length] = -100
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-            "labels": labels.to(device), "ids": [f"sample-{i}" for i in range(batch)], "skipped": []}
+    return Batch(ids=[f"sample-{i}" for i in range(batch)], task="caption", media=None, prompts=[""] * batch,
+                 sources=[None] * batch, input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device),
+                 labels=labels.to(device))
 
 
 def training_batch(module: Any, batch: int, text_length: int = 24, answer_length: int = 8, seed: int = 0,
-                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                   device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Batch:
     """One training batch for ``module``: random cached-style features + random text."""
     generator = torch.Generator().manual_seed(seed)
     vocab = min(len(module.tokenizer), module.llm.model.get_input_embeddings().num_embeddings)
     out = text_batch(vocab, batch, text_length, answer_length, generator, device)
-    out["media"] = random_features(module.encoder, batch, generator, dtype, device)
+    out.media = random_features(module.encoder, batch, generator, dtype, device)
     return out
 
 
@@ -104,7 +107,7 @@ def optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(trainable(module), lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps)
 
 
-def step_fn(module: Any, batch: dict[str, Any], opt: torch.optim.Optimizer, clip: float | None = 0.8):
+def step_fn(module: Any, batch: Batch, opt: torch.optim.Optimizer, clip: float | None = 0.8):
     """A plain training step: loss, backward, gradient clipping, AdamW step, zero grads."""
     params = trainable(module)
 

@@ -1,14 +1,13 @@
 """Reading official image-text annotation files: JSON with errors that name the file and the record,
-and the base of the COCO-family datamodules (data root, image root, evaluation subsets)."""
+and the base of the image captioning datamodules (task, data root, image root, evaluation subsets)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from perceptlm.data.base import PerceptionDataModule
+from perceptlm.data.base import PerceptionDataModule, check_eval_limits
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -68,41 +67,23 @@ def records(data: Any, key: str | None, path: Path, what: str) -> list[Any]:
     return data
 
 
-class ImageTextDataModule(PerceptionDataModule):
-    """Base of the image captioning / VQA datamodules.
+class ImageCaptionDataModule(PerceptionDataModule):
+    """Base of the image captioning datamodules (COCO, TextCaps, Flickr30k, NoCaps): the task is
+    ``caption``.
 
     ``data_root``: the dataset's folder (default ``$PERCEPTLM_DATA/<default_subdir>``);
     ``image_root``: where its images live when elsewhere (default: ``data_root``);
     ``val_limit`` / ``test_limit``: fixed evaluation subsets (the same on every run; None = all).
     """
 
-    default_subdir = "dataset"
-
-    def __init__(self, data_root: str | None = None, image_root: str | None = None,
+    def __init__(self, data_root: str | None = None, task: str = "caption", image_root: str | None = None,
                  val_limit: int | None = None, test_limit: int | None = None, **kwargs: Any) -> None:
-        super().__init__(data_root=data_root, **kwargs)
-        for name, value in (("val_limit", val_limit), ("test_limit", test_limit)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be >= 1 (or None for the whole split)")
+        if task != "caption":
+            raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'caption'")
+        super().__init__(data_root=data_root, task=task, **kwargs)
+        check_eval_limits(val_limit, test_limit)
         self.image_root = image_root
         self.val_limit, self.test_limit = val_limit, test_limit
-
-    def root(self) -> Path:
-        if self.data_root:
-            return Path(self.data_root)
-        env = os.environ.get("PERCEPTLM_DATA")
-        if not env:
-            raise ValueError(
-                f"{self.name}: no data_root; pass --data.init_args.data_root DIR or set PERCEPTLM_DATA "
-                f"(then {self.default_subdir}/ under it is used)"
-            )
-        return Path(env) / self.default_subdir
-
-    def images(self) -> Path:
-        return Path(self.image_root) if self.image_root else self.root()
-
-    def eval_limit(self, stage: str) -> int | None:
-        return self.val_limit if stage == "val" else self.test_limit
 
 
 def read_jsonl(path: Path, what: str, valid: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import string
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from perceptlm.data.base import PerceptionDataModule
+from perceptlm.data.base import PerceptionDataModule, check_eval_limits
 from perceptlm.data.collate import Sample
 
 log = logging.getLogger(__name__)
@@ -92,27 +91,13 @@ class AudioCaptionDataModule(PerceptionDataModule):
             raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'caption'")
         if missing_audio not in ("error", "skip"):
             raise ValueError(f"missing_audio={missing_audio!r} is unknown; valid: 'error', 'skip'")
-        for name, value in (("val_limit", val_limit), ("test_limit", test_limit)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be >= 1 (or None for the whole split)")
+        check_eval_limits(val_limit, test_limit)
         super().__init__(data_root=data_root, task=task, **kwargs)
         self.val_limit, self.test_limit = val_limit, test_limit
         self.one_sample_per_caption, self.missing_audio = one_sample_per_caption, missing_audio
 
-    def root(self) -> Path:
-        if self.data_root:
-            return Path(self.data_root)
-        env = os.environ.get("PERCEPTLM_DATA")
-        if not env:
-            raise ValueError(f"{self.name}: no data_root; pass --data.init_args.data_root DIR or set "
-                             f"PERCEPTLM_DATA (then {self.default_subdir}/ under it is used)")
-        return Path(env) / self.default_subdir
-
     def load_media(self, path: Path) -> tuple[np.ndarray, int]:
         return load_audio(path)
-
-    def eval_limit(self, stage: str) -> int | None:
-        return self.val_limit if stage == "val" else self.test_limit
 
     def clip_samples(self, split: str, clips: list[tuple[str, Path, list[str], str]]) -> list[Sample]:
         """``(id, audio path, captions, where)`` per clip -> samples; ``where`` names the annotation

@@ -4,6 +4,7 @@ and evaluation sharding where every sample is scored exactly once."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -126,18 +127,33 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+def check_eval_limits(val_limit: int | None, test_limit: int | None) -> None:
+    """``val_limit`` / ``test_limit`` are None (the whole split) or >= 1."""
+    for name, value in (("val_limit", val_limit), ("test_limit", test_limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name}={value} must be >= 1 (or None for the whole split)")
+
+
 class PerceptionDataModule(LightningDataModule):
     """Base for every dataset. Subclasses implement :meth:`load_samples` (and may override
-    :meth:`load_media`, :meth:`eval_limit`). The model supplies the tokenizer and the media
-    preprocessing through :meth:`connect` (the CLI links them; ``InterfaceModule.setup`` connects
-    a datamodule passed to ``Trainer.fit`` directly). ``feature_cache`` (a folder, or ``"auto"``)
-    trains and evaluates from the frozen encoder's precomputed outputs
-    (:mod:`perceptlm.data.feature_cache`); the encoder comes through :meth:`attach_encoder`."""
+    :meth:`load_media`, :meth:`stop_token_ids`, :attr:`collator_class` / :meth:`collator_options`).
+
+    The model supplies the tokenizer and the media preprocessing through :meth:`connect`, the one
+    handshake between data and model (the training module calls it in its ``setup``, so the CLI,
+    ``Trainer.fit(model, datamodule)`` and a later ``datamodule.setup("test")`` all find the data
+    connected). ``feature_cache`` (a folder, or ``"auto"``) trains and evaluates from the frozen
+    encoder's precomputed outputs (:mod:`perceptlm.data.feature_cache`).
+
+    Families set ``val_limit`` / ``test_limit`` (fixed evaluation subsets, :meth:`eval_limit`) and
+    ``image_root`` (where media live when not under the data root, :meth:`images`) from their own
+    arguments; :meth:`root` is ``data_root`` or ``$PERCEPTLM_DATA/<default_subdir>``."""
 
     name = "dataset"
+    default_subdir = "dataset"
     splits = {"train": "train", "val": "val", "test": "test", "predict": "test"}
     # True when load_media(path, train, generator) samples what it reads (video frames); see MediaDataset.
     sampled_media = False
+    collator_class: type[Collator] = Collator
 
     def __init__(
         self,
@@ -163,6 +179,9 @@ class PerceptionDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.fraction, self.limit, self.seed = fraction, limit, seed
         self.max_length = max_length
+        self.image_root: str | None = None
+        self.val_limit: int | None = None
+        self.test_limit: int | None = None
         self.tokenizer: Any = None
         self.preprocess: Callable[[Any], Any] | None = None
         self.stack_media: Callable[[list[Any]], Any] | None = None
@@ -181,7 +200,17 @@ class PerceptionDataModule(LightningDataModule):
         return load_image(path)
 
     def eval_limit(self, stage: str) -> int | None:
-        return None
+        """How many samples the ``val`` / ``test`` stage reads (None: all)."""
+        return self.val_limit if stage == "val" else self.test_limit
+
+    def stop_token_ids(self) -> list[int]:
+        """Tokens that end an answer in this data's text format besides the LLM's EOS (a chat
+        template's end of turn); :meth:`connect` adds them to the model's ``stop_token_ids``."""
+        return []
+
+    def collator_options(self) -> dict[str, Any]:
+        """Keyword arguments of :attr:`collator_class` beyond the common ones."""
+        return {}
 
     def media_config(self, stage: str) -> dict[str, Any]:
         """How media files are decoded (part of the feature cache's key; the cache reads every
@@ -198,41 +227,54 @@ class PerceptionDataModule(LightningDataModule):
         return None if sampling == "uniform" else f"{type(self).__name__} train_frame_sampling={sampling!r}"
 
     # -- shared ------------------------------------------------------------------------------------
+    def root(self) -> Path:
+        """The dataset's folder: ``data_root``, else ``$PERCEPTLM_DATA/<default_subdir>``."""
+        if self.data_root:
+            return Path(self.data_root)
+        env = os.environ.get("PERCEPTLM_DATA")
+        if not env:
+            raise ValueError(
+                f"{self.name}: no data_root; pass --data.init_args.data_root DIR or set PERCEPTLM_DATA "
+                f"(then {self.default_subdir}/ under it is used)"
+            )
+        return Path(env) / self.default_subdir
+
+    def images(self) -> Path:
+        """Where the media files live: ``image_root`` when set, else :meth:`root`."""
+        return Path(self.image_root) if self.image_root else self.root()
+
     @property
     def connected(self) -> bool:
         return self.tokenizer is not None and self.preprocess is not None
 
-    def connect(
-        self,
-        tokenizer: Any,
-        preprocess: Callable[[Any], Any],
-        stack_media: Callable[[list[Any]], Any] | None = None,
-        max_length: int | None = None,
-        num_frames: int | None = None,
-    ) -> None:
-        """Receive what the data needs from the model: its tokenizer, how one media item is
-        preprocessed, how preprocessed items are batched (``encoder.stack_media``) and, for video
-        encoders, how many frames a clip is sampled to (``encoder.num_frames``)."""
-        self.tokenizer, self.preprocess, self.stack_media = tokenizer, preprocess, stack_media
-        self.num_frames = num_frames
-        if max_length is not None:
-            self.max_length = max_length
+    def connect(self, model: Any) -> None:
+        """Receive what the data needs from ``model`` and give it what generation needs from the data.
 
-    def attach_encoder(self, encoder: Any) -> None:
-        """The model's encoder, which ``feature_cache`` keys and builds the cache with (the CLI and
-        ``InterfaceModule.setup`` attach it). Random augmentation is refused here, before any work."""
+        ``model``: any object with ``tokenizer``, ``encoder`` (its ``preprocess`` of one media item,
+        ``stack_media`` to batch preprocessed items (``torch.stack`` when absent), and for video
+        encoders ``num_frames``, the frames a clip is sampled to) and a list ``stop_token_ids``,
+        which is extended in place with :meth:`stop_token_ids`. The encoder is also what
+        ``feature_cache`` keys and builds the cache with; a cache that would be wrong (a trainable
+        encoder, random augmentation) is refused here, before any feature is computed. Connecting
+        again (another model) replaces all of it."""
+        encoder = model.encoder
         if self.feature_cache is not None:
             from perceptlm.data.feature_cache import check_cacheable
 
-            check_cacheable(encoder, self, "train")
-        self.encoder = encoder
+            check_cacheable(encoder, self, "train")  # the one check: evaluation stages read deterministically
+        if encoder is not self.encoder:
+            self._cached.clear()  # features of another encoder
+        self.tokenizer, self.encoder = model.tokenizer, encoder
+        self.preprocess, self.stack_media = encoder.preprocess, getattr(encoder, "stack_media", None)
+        self.num_frames = getattr(encoder, "num_frames", None)
+        stops = model.stop_token_ids
+        stops[:] = sorted({*stops, *self.stop_token_ids()})
 
     def _require_connected(self) -> None:
         if not self.connected:
             raise RuntimeError(
-                f"{type(self).__name__} is not connected to a model: call "
-                f"datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media) "
-                f"or let the CLI do it"
+                f"{type(self).__name__} is not connected to a model: call datamodule.connect(model) (a model "
+                f"with tokenizer, encoder and stop_token_ids) or let Trainer.fit / the CLI connect it"
             )
 
     def _build(self, stage: str) -> MediaDataset:
@@ -265,12 +307,12 @@ class PerceptionDataModule(LightningDataModule):
         stack_media = self.stack_media
         if self.feature_cache is not None:
             from perceptlm.data.feature_cache import stack_features as stack_media
-        return Collator(self.tokenizer, self.task, train=train, stack_media=stack_media,
-                        max_length=self.max_length, seed=self.seed)
+        return self.collator_class(self.tokenizer, self.task, train=train, stack_media=stack_media,
+                                   max_length=self.max_length, seed=self.seed, **self.collator_options())
 
     def _loader_dataset(self, stage: str) -> Dataset:
         """The stage's dataset; with ``feature_cache``, its samples read the cached features (built
-        here on first use, once the model has connected its encoder)."""
+        here on first use with the encoder that :meth:`connect` received)."""
         dataset = self.datasets[stage]
         if self.feature_cache is None:
             return dataset

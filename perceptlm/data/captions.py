@@ -14,37 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceptlm.data.annotations import ImageTextDataModule, field, read_json, records, text_field
-from perceptlm.data.collate import Collator, Sample
+from perceptlm.data.annotations import ImageCaptionDataModule, field, read_json, records, text_field
+from perceptlm.data.collate import Sample
 
 
-class MetaCollator(Collator):
-    """The plain :class:`Collator` plus ``batch["meta"]`` (per-sample ``extra["meta"]``), which
-    the evaluation passes to the task's scoring (CHAIR objects, NoCaps domains)."""
-
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        batch = super().__call__(samples)
-        batch["meta"] = [dict(s.extra.get("meta") or {}) for s in samples if s.media is not None]
-        return batch
+def caption_meta(chair: bool, **extra: Any) -> dict[str, Any]:
+    """A caption sample's ``meta`` for the evaluation: the task, the (empty) ground-truth object
+    list CHAIR adds the references' mentions to when ``chair``, and ``extra`` (a NoCaps domain)."""
+    return {"task": "caption", **({"objects": []} if chair else {}), **extra}
 
 
-class _CaptionDataModule(ImageTextDataModule):
-    def __init__(self, data_root: str | None = None, task: str = "caption", chair: bool = True, **kwargs: Any) -> None:
-        if task != "caption":
-            raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'caption'")
-        super().__init__(data_root=data_root, task=task, **kwargs)
-        self.chair = chair
-
-    def _meta(self, **extra: Any) -> dict[str, Any]:
-        return {"task": "caption", **({"objects": []} if self.chair else {}), **extra}
-
-    def _collator(self, train: bool) -> Collator:
-        base = super()._collator(train)
-        return MetaCollator(self.tokenizer, self.task, train=train, stack_media=base.stack_media,
-                            max_length=self.max_length, seed=self.seed)
-
-
-class Flickr30kDataModule(_CaptionDataModule):
+class Flickr30kDataModule(ImageCaptionDataModule):
     """Flickr30k, Karpathy split: 29,000 train / 1,014 val / 1,000 test images, 5 captions each.
 
     Layout under ``data_root`` (default ``$PERCEPTLM_DATA/flickr30k``)::
@@ -57,9 +37,9 @@ class Flickr30kDataModule(_CaptionDataModule):
     default_subdir = "flickr30k"
 
     def __init__(self, data_root: str | None = None, karpathy_file: str = "dataset_flickr30k.json",
-                 image_folder: str = "flickr30k-images", **kwargs: Any) -> None:
+                 image_folder: str = "flickr30k-images", chair: bool = True, **kwargs: Any) -> None:
         super().__init__(data_root=data_root, **kwargs)
-        self.karpathy_file, self.image_folder = karpathy_file, image_folder
+        self.karpathy_file, self.image_folder, self.chair = karpathy_file, image_folder, chair
 
     def load_samples(self, split: str) -> list[Sample]:
         path = self.root() / self.karpathy_file
@@ -79,13 +59,13 @@ class Flickr30kDataModule(_CaptionDataModule):
             captions = [text_field(s, "raw", path, f"{where} sentences[{i}]") for i, s in enumerate(sentences)]
             image_id = image.get("imgid", index)
             samples.append(Sample(str(image_id), self.images() / self.image_folder / filename, self.template, captions,
-                                  {"image_id": image_id, "meta": self._meta()}))
+                                  {"image_id": image_id, "meta": caption_meta(self.chair)}))
         if not samples:
             raise ValueError(f"{path}: no images with split {split!r}")
         return samples
 
 
-class NoCapsDataModule(_CaptionDataModule):
+class NoCapsDataModule(ImageCaptionDataModule):
     """NoCaps validation: 4,500 Open Images images (in-domain 1,413 / near-domain 2,340 /
     out-domain 747), 10 references each. Evaluation only (``val`` and ``test`` read it).
 
@@ -101,9 +81,9 @@ class NoCapsDataModule(_CaptionDataModule):
     DOMAINS = ("in-domain", "near-domain", "out-domain")
 
     def __init__(self, data_root: str | None = None, annotation_file: str = "nocaps_val_4500_captions.json",
-                 image_folder: str = "val", **kwargs: Any) -> None:
+                 image_folder: str = "val", chair: bool = True, **kwargs: Any) -> None:
         super().__init__(data_root=data_root, **kwargs)
-        self.annotation_file, self.image_folder = annotation_file, image_folder
+        self.annotation_file, self.image_folder, self.chair = annotation_file, image_folder, chair
 
     def load_samples(self, split: str) -> list[Sample]:
         if split == "train":
@@ -127,5 +107,5 @@ class NoCapsDataModule(_CaptionDataModule):
                 raise ValueError(f"{path}: {where} (id {image_id}) has no captions in 'annotations'")
             media = self.images() / self.image_folder / text_field(image, "file_name", path, where)
             samples.append(Sample(str(image_id), media, self.template, captions[image_id],
-                                  {"image_id": image_id, "meta": self._meta(group=domain)}))
+                                  {"image_id": image_id, "meta": caption_meta(self.chair, group=domain)}))
         return samples

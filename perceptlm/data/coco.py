@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from perceptlm.data.annotations import ImageTextDataModule, field, read_json, records, text_field, text_list
+from perceptlm.data.annotations import ImageCaptionDataModule, field, read_json, records, text_field, text_list
 from perceptlm.data.collate import Sample
 
 KARPATHY_SPLITS = ("train", "restval", "val", "test")
@@ -31,7 +31,7 @@ def karpathy_images(path: Path) -> list[dict[str, Any]]:
     return images
 
 
-class CocoKarpathyDataModule(ImageTextDataModule):
+class CocoKarpathyDataModule(ImageCaptionDataModule):
     """COCO captions, Karpathy split: train 82,783 images (``split == "train"``; the 30,504
     ``restval`` images only with ``use_restval=True``), val 5,000, test 5,000; ~5 references each.
 
@@ -45,11 +45,9 @@ class CocoKarpathyDataModule(ImageTextDataModule):
     name = "coco-karpathy"
     default_subdir = "coco"
 
-    def __init__(self, data_root: str | None = None, task: str = "caption", use_restval: bool = False,
+    def __init__(self, data_root: str | None = None, use_restval: bool = False,
                  karpathy_file: str = "dataset_coco.json", **kwargs: Any) -> None:
-        if task != "caption":
-            raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'caption'")
-        super().__init__(data_root=data_root, task=task, **kwargs)
+        super().__init__(data_root=data_root, **kwargs)
         self.use_restval = use_restval
         self.karpathy_file = karpathy_file
 
@@ -74,7 +72,7 @@ class CocoKarpathyDataModule(ImageTextDataModule):
         return samples
 
 
-class TextCapsDataModule(ImageTextDataModule):
+class TextCapsDataModule(ImageCaptionDataModule):
     """TextCaps 0.1: captions that read the text in the image (21,953 train / 3,166 val images).
     The official test captions are not public, so validation and test both use ``val``.
 
@@ -90,11 +88,6 @@ class TextCapsDataModule(ImageTextDataModule):
     name = "textcaps"
     default_subdir = "textcaps"
     splits = {"train": "train", "val": "val", "test": "val", "predict": "val"}
-
-    def __init__(self, data_root: str | None = None, task: str = "caption", **kwargs: Any) -> None:
-        if task != "caption":
-            raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'caption'")
-        super().__init__(data_root=data_root, task=task, **kwargs)
 
     def load_samples(self, split: str) -> list[Sample]:
         path = self.root() / f"TextCaps_0.1_{split}.json"

@@ -1,7 +1,10 @@
-"""Prompt templates and the collator that turns samples into LLM batches.
+"""Prompt templates and the collator that turns samples into a :class:`~perceptlm.batch.Batch`.
 
 Training batches are right-padded ``prompt + target + EOS`` with labels on the target and EOS only.
 Evaluation batches carry left-padded prompts (for batched generation) and the references.
+:class:`Collator` is the one skeleton: it drops the samples whose media failed to load, stacks the
+media, tokenises each sample into a row (:meth:`Collator.train_row`, :meth:`Collator.prompt_row`,
+which the instruction collator overrides with its chat template) and pads the rows.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from perceptlm.batch import Batch
 
 DEFAULT_TEMPLATES = {
     "vqa": "{question}\n\nAnswer:\n",  # DePALM's VQA prompt
@@ -44,7 +49,12 @@ def _pad(sequences: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Ten
 
 
 class Collator:
-    """Tokenises a list of :class:`Sample` for training (``train=True``) or evaluation."""
+    """Tokenises a list of :class:`Sample` into a :class:`~perceptlm.batch.Batch` for training
+    (``train=True``) or evaluation.
+
+    Samples without media (a file that failed to load) are left out and listed in ``skipped``.
+    ``meta`` is set when the samples carry ``extra["meta"]`` (per-sample scoring facts), and
+    ``media_position`` when their rows place the media (instruction samples)."""
 
     def __init__(
         self,
@@ -84,25 +94,45 @@ class Collator:
         add_bos = bos is not None and getattr(self.tokenizer, "add_bos_token", False)
         return ([bos] if add_bos else []) + self._ids(prompt)
 
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+    # -- one sample -> one row (overridden by the instruction collator) ----------------------------
+    def train_row(self, sample: Sample) -> tuple[list[int], list[int], int | None]:
+        """``(input ids, labels, media position or None)`` of a training sample, at most
+        ``max_length`` tokens: the prompt, then the picked target and EOS (the labelled part)."""
+        prompt = self._prompt_ids(sample.prompt)
+        target = self._ids(sample.targets[self.pick(sample)]) + [self.eos]
+        return (prompt + target)[: self.max_length], ([-100] * len(prompt) + target)[: self.max_length], None
+
+    def prompt_row(self, sample: Sample) -> tuple[list[int], int | None]:
+        """``(prompt ids, media position or None)`` of an evaluation sample, its last ``max_length``
+        tokens."""
+        return self._prompt_ids(sample.prompt)[-self.max_length :], None
+
+    def add_eval_fields(self, batch: Batch, samples: list[Sample]) -> None:
+        """Evaluation fields beyond the prompt and references (none here)."""
+
+    # -- the skeleton ------------------------------------------------------------------------------
+    def __call__(self, samples: list[Sample]) -> Batch:
         skipped = [(s.id, s.extra.get("skipped", "no media")) for s in samples if s.media is None]
+        has_meta = any("meta" in s.extra for s in samples)
         samples = [s for s in samples if s.media is not None]
-        batch: dict[str, Any] = {"ids": [s.id for s in samples], "task": self.task, "skipped": skipped,
-                                 "prompts": [s.prompt for s in samples],
-                                 "sources": [s.extra.get("source") for s in samples]}
-        batch["media"] = self.stack_media([s.media for s in samples]) if samples else None
-        prompts = [self._prompt_ids(s.prompt) for s in samples]
+        batch = Batch(
+            ids=[s.id for s in samples], task=self.task,
+            media=self.stack_media([s.media for s in samples]) if samples else None,
+            prompts=[s.prompt for s in samples], sources=[s.extra.get("source") for s in samples], skipped=skipped,
+            meta=[dict(s.extra.get("meta") or {}) for s in samples] if has_meta else None,
+        )
         if self.train:
-            sequences, labels = [], []
-            for sample, prompt in zip(samples, prompts):
-                target = self._ids(sample.targets[self.pick(sample)]) + [self.eos]
-                sequence = (prompt + target)[: self.max_length]
-                sequences.append(sequence)
-                labels.append(([-100] * len(prompt) + target)[: self.max_length])
-            ids, mask = _pad(sequences, self.pad, left=False)
-            label_ids, _ = _pad(labels, -100, left=False)
-            batch.update(input_ids=ids, attention_mask=mask, labels=label_ids)
+            rows = [self.train_row(s) for s in samples]
+            batch.input_ids, batch.attention_mask = _pad([r[0] for r in rows], self.pad, left=False)
+            batch.labels, _ = _pad([r[1] for r in rows], -100, left=False)
+            positions = [r[2] for r in rows]
         else:
-            ids, mask = _pad([p[-self.max_length :] for p in prompts], self.pad, left=True)
-            batch.update(prompt_ids=ids, prompt_mask=mask, references=[s.targets for s in samples])
+            rows = [self.prompt_row(s) for s in samples]
+            batch.prompt_ids, batch.prompt_mask = _pad([r[0] for r in rows], self.pad, left=True)
+            width = batch.prompt_ids.shape[1]  # left padding shifts each row's media position
+            positions = [None if p is None else p + width - len(ids) for ids, p in rows]
+            batch.references = [s.targets for s in samples]
+            self.add_eval_fields(batch, samples)
+        if positions and all(p is not None for p in positions):
+            batch.media_position = torch.tensor(positions, dtype=torch.long)
         return batch

@@ -98,9 +98,6 @@ class EasyVQADataModule(PerceptionDataModule):
     def resolve_root(self) -> Path:
         return Path(self.data_root) if self.data_root else default_root()
 
-    def eval_limit(self, stage: str) -> int | None:
-        return self.val_limit if stage == "val" else self.test_limit
-
     def load_samples(self, split: str) -> list[Sample]:
         root = self.resolve_root()
         questions = read_questions(root / split / "questions.json")

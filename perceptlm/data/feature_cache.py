@@ -26,7 +26,8 @@ filesystems without ``flock`` support build the cache once before launching seve
 Files are checked against their stamps when a dataset is set up, not on every read.
 
 A cache is valid only when the media are deterministic: an encoder with ``random_augmentation`` or a
-data stage with random frame sampling is refused (:func:`check_cacheable`). Features are computed at
+data stage with random frame sampling is refused (:func:`check_cacheable`, run once, when the model
+connects to the datamodule). Features are computed at
 the encoder's parameter precision, outside any autocast, and read back in the dtype the encoder gave;
 they equal live features to float rounding (CPU kernels differ slightly with the batch size).
 """
@@ -233,8 +234,8 @@ class FeatureCache:
         """Encode every file of ``media_paths`` that has no valid row (each unique file once, in
         batches, eval mode, no grad, on the encoder's device) and return read access to all of them.
         ``load`` decodes a file; ``encoder.preprocess`` and ``encoder.stack_media`` batch it. A file
-        that fails to load is recorded as such: its samples are skipped, as without the cache."""
-        check_cacheable(encoder, stage="eval")
+        that fails to load is recorded as such: its samples are skipped, as without the cache. The
+        encoder must be cacheable (:func:`check_cacheable`, which the datamodule's ``connect`` runs)."""
         cached, todo = self.lookup(media_paths)
         if cached is not None:
             return cached
@@ -350,14 +351,14 @@ def stack_features(items: list[PerceptualFeatures]) -> PerceptualFeatures:
 
 def cached_dataset(datamodule: Any, stage: str, dataset: Any) -> CachedFeatureDataset:
     """``dataset`` (a MediaDataset of ``datamodule``) reading its media's features from the cache
-    at ``datamodule.feature_cache``, built first for the files that have no valid row."""
+    at ``datamodule.feature_cache``, built first for the files that have no valid row, with the
+    encoder the datamodule's ``connect`` received and checked."""
     encoder = getattr(datamodule, "encoder", None)
     if encoder is None:
         raise RuntimeError(
             f"{type(datamodule).__name__}(feature_cache={datamodule.feature_cache!r}) needs the encoder: call "
-            f"datamodule.attach_encoder(model.encoder) or let the CLI / Trainer.fit attach it"
+            f"datamodule.connect(model) or let Trainer.fit / the CLI connect it"
         )
-    check_cacheable(encoder, datamodule, stage)
     cache = FeatureCache.for_encoder(datamodule.feature_cache, encoder, datamodule.media_config(stage))
     load = datamodule.load_media
     if getattr(datamodule, "sampled_media", False):  # frame-sampling loaders: the deterministic (evaluation) read

@@ -7,16 +7,18 @@ answer's alternatives in ``targets`` (training samples one per visit; evaluation
 all). ``extra["meta"]`` (JSON-serialisable) travels to the evaluation records for per-task scoring;
 ``extra["options"]`` (multiple choice) enables option-likelihood scoring.
 
-Batches carry the keys of :class:`~perceptlm.data.collate.Collator`, plus:
+Batches (:class:`~perceptlm.batch.Batch`) carry the fields of :class:`~perceptlm.data.collate.Collator`,
+plus:
 
 * ``media_position`` ``[B]``: the token index (in ``input_ids``, or in the left-padded ``prompt_ids``)
   where the ``<image>`` placeholder was; the text before it and after it are tokenised separately.
   The model's L0 prefix path puts perception before all text, which equals this placement when the
   placeholder opens the text; a model that splices perception in place reads this index.
-* ``instruction_ids`` / ``instruction_mask`` / ``instructions``: the last human turn's text (without
-  the placeholder, right-padded, LLM tokenizer) for instruction-aware connectors (InstructBLIP).
 * ``meta``: one dict per sample; ``option_ids`` (evaluation, when samples have options): per sample,
   the token ids of each option as the assistant's answer.
+
+The instruction an instruction-aware connector (InstructBLIP) reads is the unsupervised text of a
+training row (:attr:`~perceptlm.batch.Batch.instruction_mask`) or the prompt of an evaluation row.
 """
 
 from __future__ import annotations
@@ -25,12 +27,10 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
-from perceptlm.data.annotations import ImageTextDataModule
-from perceptlm.data.base import PerceptionDataModule
+from perceptlm.batch import Batch
+from perceptlm.data.base import PerceptionDataModule, check_eval_limits
 from perceptlm.data.chat import GPT, HUMAN, IMAGE, NAMED_TEMPLATES, chat_template, encode, end_of_turn_ids
-from perceptlm.data.collate import Collator, Sample, _pad
+from perceptlm.data.collate import Collator, Sample
 
 TEMPLATE_NAMES = ("auto", "tokenizer", *NAMED_TEMPLATES)
 
@@ -115,8 +115,9 @@ def fixed_task(dataset: str, task: str | None, expected: str) -> str:
 
 
 class InstructionCollator(Collator):
-    """Tokenises instruction samples with a chat template (see the module docstring for the keys).
-    Which of a sample's answers a training visit uses is :meth:`Collator.pick` (seed, epoch, id)."""
+    """:class:`~perceptlm.data.collate.Collator` whose rows are conversations rendered with a chat
+    template (see the module docstring for the fields it adds). Which of a sample's answers a
+    training visit uses is :meth:`Collator.pick` (seed, epoch, id)."""
 
     def __init__(self, tokenizer: Any, task: str, train: bool, template: str = "auto", system: str | None = None,
                  stack_media: Callable[[list[Any]], Any] | None = None, max_length: int = 2048, seed: int = 0,
@@ -136,79 +137,61 @@ class InstructionCollator(Collator):
             out.append([t for t, k in zip(encoded.input_ids, encoded.kinds) if k == "answer"])
         return out
 
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        skipped = [(s.id, s.extra.get("skipped", "no media")) for s in samples if s.media is None]
-        samples = [s for s in samples if s.media is not None]
-        batch: dict[str, Any] = {"ids": [s.id for s in samples], "task": self.task, "skipped": skipped,
-                                 "prompts": [s.prompt for s in samples],
-                                 "sources": [s.extra.get("source") for s in samples],
-                                 "meta": [dict(s.extra.get("meta") or {}) for s in samples]}
-        batch["media"] = self.stack_media([s.media for s in samples]) if samples else None
-        positions = []
-        if self.train:
-            sequences, labels = [], []
-            for sample in samples:
-                encoded = self._encode([*sample.extra["turns"], (GPT, sample.targets[self.pick(sample)])])
-                ids, label = encoded.input_ids[: self.max_length], encoded.labels[: self.max_length]
-                if all(t == -100 for t in label):
-                    raise ValueError(f"record {sample.id}: max_length={self.max_length} cuts off every answer token "
-                                     f"({len(encoded.input_ids)} tokens); raise max_length")
-                sequences.append(ids)
-                labels.append(label)
-                positions.append(min(encoded.media_position, len(ids)))
-            ids, mask = _pad(sequences, self.pad, left=False)
-            label_ids, _ = _pad(labels, -100, left=False)
-            batch.update(input_ids=ids, attention_mask=mask, labels=label_ids)
-        else:
-            prompts = []
-            for sample in samples:
-                encoded = self._encode(list(sample.extra["turns"]))
-                cut = max(0, len(encoded.input_ids) - self.max_length)
-                prompts.append(encoded.input_ids[cut:])
-                positions.append(max(0, encoded.media_position - cut))
-            ids, mask = _pad(prompts, self.pad, left=True)
-            width = ids.shape[1]
-            positions = [p + width - len(seq) for p, seq in zip(positions, prompts)]
-            batch.update(prompt_ids=ids, prompt_mask=mask, references=[s.targets for s in samples])
-            if self.option_likelihood and any("options" in s.extra for s in samples):
-                batch["option_ids"] = [self._options(s) if "options" in s.extra else [] for s in samples]
-        batch["media_position"] = torch.tensor(positions, dtype=torch.long)
-        instructions = [s.prompt for s in samples]
-        tokens = [self.tokenizer(t, add_special_tokens=False)["input_ids"][: self.max_length] if t else []
-                  for t in instructions]
-        batch["instruction_ids"], batch["instruction_mask"] = _pad(tokens, self.pad, left=False)
-        batch["instructions"] = instructions
-        return batch
+    def train_row(self, sample: Sample) -> tuple[list[int], list[int], int]:
+        """The conversation with the picked answer; labels on every assistant turn and its end."""
+        encoded = self._encode([*sample.extra["turns"], (GPT, sample.targets[self.pick(sample)])])
+        ids, labels = encoded.input_ids[: self.max_length], encoded.labels[: self.max_length]
+        if all(t == -100 for t in labels):
+            raise ValueError(f"record {sample.id}: max_length={self.max_length} cuts off every answer token "
+                             f"({len(encoded.input_ids)} tokens); raise max_length")
+        return ids, labels, min(encoded.media_position, len(ids))
+
+    def prompt_row(self, sample: Sample) -> tuple[list[int], int]:
+        """The conversation up to the assistant's answer (its last ``max_length`` tokens)."""
+        encoded = self._encode(list(sample.extra["turns"]))
+        cut = max(0, len(encoded.input_ids) - self.max_length)
+        return encoded.input_ids[cut:], max(0, encoded.media_position - cut)
+
+    def add_eval_fields(self, batch: Batch, samples: list[Sample]) -> None:
+        if self.option_likelihood and any("options" in s.extra for s in samples):
+            batch.option_ids = [self._options(s) if "options" in s.extra else [] for s in samples]
 
 
-class InstructionDataModule(ImageTextDataModule):
+class InstructionDataModule(PerceptionDataModule):
     """Base for instruction datasets: ``template`` is the chat template (``auto`` = the tokenizer's
     own when it has one, else ``vicuna_v1``; ``tokenizer``; ``vicuna_v1``; ``llava_v0``; ``plain``),
     ``system`` overrides its system prompt, ``option_likelihood`` also scores multiple-choice options
-    by their log-likelihood at evaluation. ``data_root``/``image_root``/``val_limit``/``test_limit``
-    as in :class:`~perceptlm.data.annotations.ImageTextDataModule`."""
+    by their log-likelihood at evaluation.
+
+    ``data_root``: the dataset's folder (default ``$PERCEPTLM_DATA/<default_subdir>``);
+    ``image_root``: where its images live when elsewhere (default: ``data_root``);
+    ``val_limit`` / ``test_limit``: fixed evaluation subsets (the same on every run; None = all)."""
+
+    collator_class = InstructionCollator
 
     def __init__(self, data_root: str | None = None, task: str = "conversation", template: str = "auto",
                  system: str | None = None, option_likelihood: bool = True, max_length: int = 2048,
+                 image_root: str | None = None, val_limit: int | None = None, test_limit: int | None = None,
                  **kwargs: Any) -> None:
         if template not in TEMPLATE_NAMES:
             raise ValueError(f"unknown chat template {template!r}; valid: {list(TEMPLATE_NAMES)}")
         super().__init__(data_root=data_root, task=task, template=template, max_length=max_length, **kwargs)
+        check_eval_limits(val_limit, test_limit)
+        self.image_root = image_root
+        self.val_limit, self.test_limit = val_limit, test_limit
         self.system = system
         self.option_likelihood = option_likelihood
 
     def stop_token_ids(self) -> list[int]:
         """The token that ends an assistant turn in this template (``<|im_end|>``, ``<|eot_id|>``,
         EOS, ...) when it is a single token, for generation to stop at besides the LLM's EOS; a
-        multi-token end (llava_v0's "###") is left to ``stop_strings``. Needs :meth:`connect`."""
+        multi-token end (llava_v0's "###") is left to ``stop_strings``. Needs the tokenizer
+        (:meth:`connect` calls it)."""
         ids = end_of_turn_ids(self.template, self.tokenizer, self.system)
         return ids if len(ids) == 1 else []
 
-    def _collator(self, train: bool) -> InstructionCollator:
-        base = super()._collator(train)  # the media batching the base chose (feature cache included)
-        return InstructionCollator(self.tokenizer, self.task, train=train, template=self.template, system=self.system,
-                                   stack_media=base.stack_media, max_length=self.max_length, seed=self.seed,
-                                   option_likelihood=self.option_likelihood)
+    def collator_options(self) -> dict[str, Any]:
+        return {"template": self.template, "system": self.system, "option_likelihood": self.option_likelihood}
 
 
 class CaptionInstructDataModule(InstructionDataModule):
@@ -244,9 +227,9 @@ class CaptionInstructDataModule(InstructionDataModule):
     def random_augmentation(self, stage: str) -> str | None:
         return self.source.random_augmentation(stage)
 
-    def connect(self, *args: Any, **kwargs: Any) -> None:
-        super().connect(*args, **kwargs)
-        self.source.connect(*args, **kwargs)
+    def connect(self, model: Any) -> None:
+        self.source.connect(model)
+        super().connect(model)
 
     def eval_limit(self, stage: str) -> int | None:
         return self.source.eval_limit(stage)

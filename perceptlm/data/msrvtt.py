@@ -131,9 +131,6 @@ class MSRVTTDataModule(VideoDataModule):
             "MSR-VTT needs data_root (or the PERCEPTLM_DATA environment variable); see experiments/data/README.md"
         )
 
-    def eval_limit(self, stage: str) -> int | None:
-        return self.val_limit if stage == "val" else self.test_limit
-
     def load_samples(self, split: str) -> list[Sample]:
         if split not in ("train", "test"):
             raise ValueError(f"MSR-VTT split {split!r} is unknown; valid: 'train', 'test'")

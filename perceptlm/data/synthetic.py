@@ -177,9 +177,6 @@ class SynthVideoDataModule(VideoDataModule):
     def prepare_data(self) -> None:
         ensure_generated(self.base_dir(), self.params)
 
-    def eval_limit(self, stage: str) -> int | None:
-        return self.val_limit if stage == "val" else self.test_limit
-
     def load_samples(self, split: str) -> list[Sample]:
         folder = ensure_generated(self.base_dir(), self.params)
         records = read_records(folder / f"{split}.json")

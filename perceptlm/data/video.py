@@ -80,10 +80,9 @@ def frame_strip(path: str | Path, num_frames: int = 4) -> np.ndarray:
 
 class VideoDataModule(PerceptionDataModule):
     """Base of video datasets: media are clip paths, read by :func:`load_video` with the frame
-    count of the model's video encoder (``connect(..., num_frames=encoder.num_frames)``, which the
-    CLI and ``InterfaceModule.setup`` pass). Frames are random per segment in the train split
-    (seeded by (seed, epoch, index), see :class:`~perceptlm.data.base.MediaDataset`) and the
-    segment centres elsewhere; ``train_frame_sampling="uniform"`` reads the centres in training too
+    count of the model's video encoder (``encoder.num_frames``, received through :meth:`connect`).
+    Frames are random per segment in the train split (seeded by (seed, epoch, index), see
+    :class:`~perceptlm.data.base.MediaDataset`) and the segment centres elsewhere; ``train_frame_sampling="uniform"`` reads the centres in training too
     (deterministic media, e.g. for the feature cache)."""
 
     sampled_media = True
@@ -97,15 +96,15 @@ class VideoDataModule(PerceptionDataModule):
         super().__init__(**kwargs)
         self.train_frame_sampling = train_frame_sampling
 
-    def connect(self, tokenizer: Any, preprocess: Any, stack_media: Any = None, max_length: int | None = None,
-                num_frames: int | None = None, **options: Any) -> None:
+    def connect(self, model: Any) -> None:
+        num_frames = getattr(model.encoder, "num_frames", None)
         if num_frames is None or num_frames < 1:
             raise ValueError(
                 f"{self.name} is a video dataset: the model's encoder must be a video encoder with a frame "
                 f"count (num_frames={num_frames!r}); use e.g. --model.init_args.encoder video:efficientnet-lite0 "
                 f"or test-tiny-timesformer"
             )
-        super().connect(tokenizer, preprocess, stack_media, max_length, num_frames=num_frames, **options)
+        super().connect(model)
 
     def load_media(self, path: Path, train: bool = False, generator: Any = None) -> np.ndarray:
         if self.num_frames is None:

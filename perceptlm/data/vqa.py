@@ -20,7 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from perceptlm.data.annotations import ImageTextDataModule, field, read_json, records, text_field, text_list
+from perceptlm.data.annotations import field, read_json, records, text_field, text_list
+from perceptlm.data.base import PerceptionDataModule, check_eval_limits
 from perceptlm.data.coco import karpathy_images
 from perceptlm.data.collate import Sample
 
@@ -69,18 +70,39 @@ def read_vqa_pair(questions_path: Path, annotations_path: Path, image_path: Call
     return out
 
 
-class VQADataModule(ImageTextDataModule):
-    """Shared VQA behaviour: prompt from the template, training target per ``train_answer``."""
+def coco_questions(root: Path, images: Path, question_file: str, annotation_file: str, coco_split: str,
+                   keep: Callable[[int], bool] | None = None) -> list[Question]:
+    """The questions of COCO ``train2014`` or ``val2014`` images (optionally filtered) from VQA-format
+    files under ``root`` (``question_file`` / ``annotation_file`` with a ``{split}`` field), images
+    under ``images``."""
+    folder = images / f"{coco_split}2014"
+    return read_vqa_pair(
+        root / question_file.format(split=coco_split), root / annotation_file.format(split=coco_split),
+        lambda image_id: folder / f"COCO_{coco_split}2014_{image_id:012d}.jpg", keep,
+    )
+
+
+class VQADataModule(PerceptionDataModule):
+    """Base of the VQA datamodules: prompt from the template, training target per ``train_answer``.
+
+    ``data_root``: the dataset's folder (default ``$PERCEPTLM_DATA/<default_subdir>``);
+    ``image_root``: where its images live when elsewhere (default: ``data_root``);
+    ``val_limit`` / ``test_limit``: fixed evaluation subsets (the same on every run; None = all).
+    """
 
     splits = {"train": "train", "val": "val", "test": "val", "predict": "val"}
 
     def __init__(self, data_root: str | None = None, task: str = "vqa", train_answer: str = "sample",
+                 image_root: str | None = None, val_limit: int | None = None, test_limit: int | None = None,
                  **kwargs: Any) -> None:
         if task != "vqa":
             raise ValueError(f"{self.name}: task {task!r} is not available; valid: 'vqa'")
         if train_answer not in TRAIN_ANSWERS:
             raise ValueError(f"train_answer={train_answer!r} is unknown; valid: {TRAIN_ANSWERS}")
         super().__init__(data_root=data_root, task=task, **kwargs)
+        check_eval_limits(val_limit, test_limit)
+        self.image_root = image_root
+        self.val_limit, self.test_limit = val_limit, test_limit
         self.train_answer = train_answer
 
     def read(self, split: str) -> list[Question]:
@@ -100,26 +122,7 @@ class VQADataModule(ImageTextDataModule):
         return samples
 
 
-class CocoVQADataModule(VQADataModule):
-    """VQA-format files (questions + annotations per COCO 2014 split) on COCO 2014 images."""
-
-    question_file = "{split}"
-    annotation_file = "{split}"
-
-    def coco_questions(self, coco_split: str, keep: Callable[[int], bool] | None = None) -> list[Question]:
-        """The questions of COCO ``train2014`` or ``val2014`` images (optionally filtered)."""
-        images = self.images() / f"{coco_split}2014"
-        root = self.root()
-        return read_vqa_pair(
-            root / self.question_file.format(split=coco_split), root / self.annotation_file.format(split=coco_split),
-            lambda image_id: images / f"COCO_{coco_split}2014_{image_id:012d}.jpg", keep,
-        )
-
-    def read(self, split: str) -> list[Question]:
-        return self.coco_questions(split)
-
-
-class VQAv2DataModule(CocoVQADataModule):
+class VQAv2DataModule(VQADataModule):
     """VQAv2 (train2014: 443,757 questions; val2014: 214,354), 10 answers per question.
 
     Official splits (default): train = train2014, validation and test = val2014.
@@ -149,22 +152,25 @@ class VQAv2DataModule(CocoVQADataModule):
             self.splits = {"train": "karpathy_train", "val": "karpathy_val", "test": "karpathy_test",
                            "predict": "karpathy_test"}
 
+    def _questions(self, coco_split: str, keep: Callable[[int], bool] | None = None) -> list[Question]:
+        return coco_questions(self.root(), self.images(), self.question_file, self.annotation_file, coco_split, keep)
+
     def read(self, split: str) -> list[Question]:
         if not self.karpathy_split:
-            return self.coco_questions(split)
+            return self._questions(split)
         images = karpathy_images(self.root() / self.karpathy_file)
         if split == "karpathy_train":
             held_out = {image["cocoid"] for image in images if image["split"] in ("val", "test")}
             return [q for coco_split in ("train", "val")
-                    for q in self.coco_questions(coco_split, lambda image_id: image_id not in held_out)]
+                    for q in self._questions(coco_split, lambda image_id: image_id not in held_out)]
         chosen = [image for image in images if image["split"] == split.removeprefix("karpathy_")]
         wanted = {image["cocoid"] for image in chosen}
         # Karpathy val/test images all come from val2014; read the COCO splits their file paths name.
         coco_splits = sorted({str(image.get("filepath", "val2014")).removesuffix("2014") for image in chosen})
-        return [q for coco_split in coco_splits for q in self.coco_questions(coco_split, wanted.__contains__)]
+        return [q for coco_split in coco_splits for q in self._questions(coco_split, wanted.__contains__)]
 
 
-class OKVQADataModule(CocoVQADataModule):
+class OKVQADataModule(VQADataModule):
     """OK-VQA v1.1 (9,009 train / 5,046 val questions on COCO 2014 images), 10 answers (the official
     ``answer`` field, as the VQA evaluation reads it). No test split: validation and test use val.
 
@@ -179,6 +185,9 @@ class OKVQADataModule(CocoVQADataModule):
     default_subdir = "okvqa"
     question_file = "OpenEnded_mscoco_{split}2014_questions.json"
     annotation_file = "mscoco_{split}2014_annotations.json"
+
+    def read(self, split: str) -> list[Question]:
+        return coco_questions(self.root(), self.images(), self.question_file, self.annotation_file, split)
 
 
 class AOKVQADataModule(VQADataModule):

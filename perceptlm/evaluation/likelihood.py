@@ -46,10 +46,10 @@ def option_loglikelihoods(model: Any, batch: Batch, max_logits: int = 2**26,
     """Per sample, each option's total log-likelihood (an empty list for a sample without options);
     ``blind``: with the perceptual tokens zeroed.
 
-    ``batch``: an evaluation batch of the instruction collator with ``media``, left-padded
-    ``prompt_ids`` / ``prompt_mask`` and ``option_ids`` (per sample, each option's answer token ids).
-    Each (sample, option) pair is the prompt followed by the option's tokens (right-padded); pairs
-    run in chunks of at most ``max_logits`` logit entries."""
+    ``batch``: an evaluation :class:`~perceptlm.batch.Batch` of the instruction collator with
+    ``media``, left-padded ``prompt_ids`` / ``prompt_mask`` and ``option_ids`` (per sample, each
+    option's answer token ids). Each (sample, option) pair is the prompt followed by the option's
+    tokens (right-padded); pairs run in chunks of at most ``max_logits`` logit entries."""
     if batch.option_ids is None:
         raise ValueError("option likelihood needs an evaluation batch with option_ids (multiple-choice samples)")
     prompt_ids, prompt_mask = batch.prompt_ids, batch.prompt_mask

@@ -43,12 +43,12 @@ encoder_probe, yesno_margin = _sibling("encoder_probe"), _sibling("yesno_margin"
 @torch.no_grad()
 def perceptual_tokens(model: Any, datamodule: Any) -> tuple[torch.Tensor, list[str]]:
     """``[N, K, H]``: the tokens the LLM receives for each caption test record, and its reference caption."""
-    datamodule.setup("test")  # load_run's CLI has connected it to the model
+    datamodule.setup("test")  # load_run has connected it to the model
     tokens, captions = [], []
     for batch in datamodule.test_dataloader():
-        visual = model.perceive(batch["media"], instruction=(batch["prompt_ids"], batch["prompt_mask"]))
+        visual = model.perceive(batch.media, instruction=(batch.prompt_ids, batch.prompt_mask))
         tokens.append(visual.flatten(1, -2).float())
-        captions += [references[0] for references in batch["references"]]
+        captions += [references[0] for references in batch.references]
     return torch.cat(tokens), captions
 
 

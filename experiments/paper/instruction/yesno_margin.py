@@ -43,8 +43,8 @@ def auc(scores: list[float], positive: list[bool]) -> float:
 
 
 def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -> tuple[Any, Any]:
-    """(module with the trained weights, its test datamodule of ``family``) of a run folder;
-    ``test_images``: how many test images (default: the run's)."""
+    """(module with the trained weights, its test datamodule of ``family``, connected to it) of a run
+    folder; ``test_images``: how many test images (default: the run's)."""
     config_path, checkpoint = run / "config.yaml", run / "checkpoints" / "last.ckpt"
     for path in (config_path, checkpoint):
         if not path.is_file():
@@ -61,18 +61,14 @@ def load_run(run: Path, family: str = "yesno", test_images: int | None = None) -
         parsed = cli(["--config", handle.name, "--trainer.logger", "false", "--trainer.accelerator", "cpu",
                       "--data.init_args.family", family,
                       *(["--data.init_args.test_images", str(test_images)] if test_images else [])], run=False)
-    model, datamodule = parsed.model, parsed.datamodule
-    unexpected = model.load_state_dict(read_trainable_state(checkpoint), strict=False).unexpected_keys
-    if unexpected:
-        raise ValueError(f"{checkpoint}: weights this model does not have, e.g. {unexpected[:3]}")
+    model, datamodule = parsed.model.model, parsed.datamodule
+    model.load_trainable(read_trainable_state(checkpoint), str(checkpoint))
+    datamodule.connect(model)
     return model.eval(), datamodule
 
 
 def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
     """Per yes/no test probe: id, probe kind, whether present, and the trained and blind margins."""
-    import dataclasses
-
-    from perceptlm.batch import Batch
     from perceptlm.evaluation.likelihood import option_loglikelihoods
 
     load = datamodule.load_samples
@@ -84,16 +80,13 @@ def margins(model: Any, datamodule: Any) -> list[dict[str, Any]]:
         return samples
 
     datamodule.load_samples = with_answers
-    datamodule.connect(model.tokenizer, model.encoder.preprocess, model.encoder.stack_media)
-    datamodule.setup("test")
+    datamodule.setup("test")  # load_run has connected it to the model
     out = []
-    fields = {f.name for f in dataclasses.fields(Batch)}
     for batch in datamodule.test_dataloader():
-        typed = Batch(**{k: v for k, v in batch.items() if k in fields})
-        seeing = option_loglikelihoods(model, typed)
-        blind = option_loglikelihoods(model, typed, blind=True)
-        for i, sample_id in enumerate(batch["ids"]):
-            out.append({"id": sample_id, "probe": batch["meta"][i]["probe"], "present": batch["references"][i][0] == "yes",
+        seeing = option_loglikelihoods(model, batch)
+        blind = option_loglikelihoods(model, batch, blind=True)
+        for i, sample_id in enumerate(batch.ids):
+            out.append({"id": sample_id, "probe": batch.meta[i]["probe"], "present": batch.references[i][0] == "yes",
                         "margin": seeing[i][0] - seeing[i][1], "blind_margin": blind[i][0] - blind[i][1]})
     return out
 
