@@ -71,6 +71,9 @@ class PerceptualLM(nn.Module):
             self.connector.requires_grad_(False)
         self.label_smoothing, self.itc_weight = label_smoothing, itc_weight
         self.max_new_tokens, self.num_beams, self.stop_strings = max_new_tokens, num_beams, stop_strings
+        self.options = {"llm_tuning_options": llm_tuning_options, "freeze_connector": freeze_connector,
+                        "label_smoothing": label_smoothing, "itc_weight": itc_weight, "max_new_tokens": max_new_tokens,
+                        "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm}
         # decoding ends at any of these: EOS, and a chat template's end-of-turn (the data adds it)
         self.stop_token_ids: list[int] = [llm.eos_token_id]
 
@@ -326,17 +329,26 @@ class PerceptualLM(nn.Module):
         self.load_state_dict({k: state[k] for k in shared}, strict=False)
         return shared
 
-    def save_pretrained(self, directory: str | Path, arguments: dict[str, Any],
+    def build_arguments(self) -> dict[str, Any]:
+        """The :meth:`build` arguments that rebuild this model on the same backbones: the preset's
+        name with every field it resolved to, and the model's options."""
+        p = self.preset
+        return {"preset": p.name, "features": p.features, "connector": p.connector, "injection": p.injection,
+                "injection_options": p.injection_options, "prompt_tokens": p.prompt_tokens,
+                "llm_tuning": p.llm_tuning, **self.options}
+
+    def save_pretrained(self, directory: str | Path, arguments: dict[str, Any] | None = None,
                         extra: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors`` (trainable weights only) and ``perceptlm.json`` (backbone zoo
-        names, ``arguments``: the :meth:`build` arguments and any caller's, ``extra`` facts)."""
+        names; ``arguments``: what rebuilds the model, by default :meth:`build_arguments`, or a
+        caller's own that include them; ``extra`` facts)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.trainable_state(), str(directory / "model.safetensors"))
         config = {**EXPORT_FORMAT, "encoder": self.encoder.name, "llm": self.llm.name,
-                  "arguments": arguments, **(extra or {})}
+                  "arguments": self.build_arguments() if arguments is None else arguments, **(extra or {})}
         (directory / "perceptlm.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         return directory
 

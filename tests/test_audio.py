@@ -352,7 +352,7 @@ def test_fit_and_validate_through_the_cli(config, encoder, clips, audiocaps_root
         data += ["--data.init_args.num_train", "4", "--data.init_args.num_test", "3", "--data.init_args.val_limit", "3"]
     run_dir = tmp_path / "run"
     fitted = cli(["fit", *_cli_args(run_dir, config, encoder, data), "--trainer.limit_val_batches", "0"])
-    assert fitted.trainer.global_step == 2 and fitted.model.encoder.name == encoder
+    assert fitted.trainer.global_step == 2 and fitted.model.model.encoder.name == encoder
     checkpoint = sorted(glob.glob(str(run_dir / "**" / "*.ckpt"), recursive=True))[-1]
     validated = cli(["validate", *_cli_args(run_dir, config, encoder, data), "--ckpt_path", checkpoint])
     metrics = validated.trainer.callback_metrics

@@ -35,7 +35,7 @@ def test_fit_then_test_writes_results(tmp_path):
     cli(["fit", *_args(run_dir)])
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     keys = set(checkpoint["state_dict"])
-    assert keys and all(k.startswith(("connector.", "prompt.")) for k in keys)
+    assert keys and all(k.startswith(("model.connector.", "model.prompt.")) for k in keys)
     assert checkpoint["global_step"] == 2 and checkpoint["perceptlm"]["train_samples"] == 8
     assert "optimizer_states" in checkpoint and checkpoint["lr_schedulers"]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from perceptlm import presets
+from perceptlm.model import PerceptualLM
 from perceptlm.connectors import CONNECTORS, Connector, build_connector, connector_arguments
 from perceptlm.encoders.base import PerceptualFeatures
 from perceptlm.injection import INJECTIONS, Injection, build_injection, injection_arguments
@@ -85,5 +86,5 @@ def test_llama_adapter_reports_its_prompts(tiny_encoder, tiny_llm):
 
     from perceptlm import build
 
-    module = build("llama-adapter", tiny_encoder, copy.deepcopy(tiny_llm))
+    module = PerceptualLM.build("llama-adapter", tiny_encoder, copy.deepcopy(tiny_llm))
     assert module.num_visual_tokens == presets.get("llama-adapter").injection_options["adaption_prompts"]

@@ -89,26 +89,26 @@ def test_interface_adds_the_weighted_itc_loss_in_training_only(tmp_path, tiny_en
                            connector={**TINY_QFORMER, "dropout": 0.0})
     batch = _batch(module, ["a red circle", "a red circle", "a blue square", "a teal triangle"])
     module.train()
-    total = module.loss(batch)
+    total = module.model.loss(batch)
     module.eval()
-    language = module.loss(batch)  # evaluation: the language-modelling loss alone
-    visual = module.perceive(batch.media)
+    language = module.model.loss(batch)  # evaluation: the language-modelling loss alone
+    visual = module.model.perceive(batch.media)
     labels = batch.labels
     answer = (labels != -100).float().unsqueeze(-1)
-    text = (module.llm.embed(labels.clamp(min=0)) * answer).sum(1) / answer.sum(1)
-    itc = module.contrastive(visual, text)
+    text = (module.model.llm.embed(labels.clamp(min=0)) * answer).sum(1) / answer.sum(1)
+    itc = module.model.contrastive(visual, text)
     assert torch.allclose(total, language + 0.5 * itc, atol=1e-5)
     # its gradient reaches the connector and the ITC head, not the frozen backbones
     module.train()
     module.zero_grad()
-    module.loss(batch).backward()
-    assert module.contrastive.temperature.grad is not None and module.connector.qformer.queries.grad is not None
-    assert all(p.grad is None for p in module.llm.parameters())
+    module.model.loss(batch).backward()
+    assert module.model.contrastive.temperature.grad is not None and module.model.connector.qformer.queries.grad is not None
+    assert all(p.grad is None for p in module.model.llm.parameters())
     # the next stage (no ITC) starts from such a checkpoint: the ITC head is left behind
     module.save_pretrained(tmp_path / "align")
     instruct = build("blip2", tiny_encoder, tiny_llm, stage="instruct", connector={**TINY_QFORMER, "dropout": 0.0},
                              init_from=str(tmp_path / "align"))
-    assert instruct.contrastive is None
-    assert torch.equal(instruct.connector.qformer.queries, module.connector.qformer.queries)
+    assert instruct.model.contrastive is None
+    assert torch.equal(instruct.model.connector.qformer.queries, module.model.connector.qformer.queries)
     with pytest.raises(ValueError, match="itc_weight must be >= 0"):
         build("blip2", tiny_encoder, tiny_llm, itc_weight=-1.0, connector=TINY_QFORMER)

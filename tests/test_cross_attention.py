@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perceptlm import build
+from perceptlm.model import PerceptualLM
 from perceptlm.data.collate import Collator, Sample
 from perceptlm.injection.cross_attention import target_layers
 
@@ -14,7 +14,7 @@ PROMPTS = ["what shape?\n\nAnswer:\n", "is there a red shape in the image?\n\nAn
 
 
 def _module(tiny_encoder, tiny_llm, **kw):
-    module = build("depalm-c-attn", tiny_encoder, tiny_llm, **kw)
+    module = PerceptualLM.build("depalm-c-attn", tiny_encoder, tiny_llm, **kw)
     assert module.encoder.layer_indices == [0, 1, 2, 3] and tiny_encoder.layer_indices == [3]  # a view
     return module
 
@@ -100,7 +100,7 @@ def test_causal_and_generation_equalities(tiny_encoder, tiny_llm):
 
 
 def test_flamingo_is_the_identity_at_initialisation(tiny_encoder, tiny_llm):
-    module = build("flamingo", tiny_encoder, tiny_llm,
+    module = PerceptualLM.build("flamingo", tiny_encoder, tiny_llm,
                            connector={"num_layers": 2, "num_queries": 8}).eval()
     assert module.injection.layer_indices == [0]  # every 4th layer of 4
     batch = _batch(module, train=False)

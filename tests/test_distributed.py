@@ -118,14 +118,14 @@ def test_two_process_fit_then_test(tmp_path):
     assert checkpoint["perceptlm"]["train_samples"] == RANKS * BATCH * STEPS
     module = InterfaceModule(preset="depalm-qp-l0", encoder="test-tiny-vit", llm="test-tiny-llama",
                              connector={"width": 64, "num_queries": 4})
-    assert set(checkpoint["state_dict"]) == module.trainable_keys()
+    assert set(checkpoint["state_dict"]) == {f"model.{k}" for k in module.model.trainable_keys()}
     assert not any(k.startswith(("encoder.", "llm.")) for k in checkpoint["state_dict"])
 
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"W&B must log from rank 0 only, found {runs}"
     records = wandb_records(next(runs[0].glob("*.wandb")))
     config = {k: v for r in records if r["kind"] == "config" for k, v in r["items"].items()}
-    assert config["preset"] == "depalm-qp-l0" and config["trainable_params"] == module.num_trainable_parameters
+    assert config["preset"] == "depalm-qp-l0" and config["trainable_params"] == module.model.num_trainable_parameters
     losses = [r["items"] for r in records if r["kind"] == "history" and "train/loss" in r["items"]]
     assert [h["trainer/global_step"] for h in losses] == list(range(STEPS))
     assert all(math.isfinite(h["train/loss"]) for h in losses)
@@ -136,7 +136,7 @@ def test_two_process_fit_then_test(tmp_path):
     assert str(config["cli"]["trainer"]["devices"]) == str(RANKS)
     table = json.loads(next(runs[0].glob("files/media/table/parameters_*.table.json")).read_text())
     assert table["columns"] == ["component", "trainable", "frozen"]
-    assert {row[0]: row[1] for row in table["data"]} == {n: t for n, t, _ in module.parameter_table()}
+    assert {row[0]: row[1] for row in table["data"]} == {n: t for n, t, _ in module.model.parameter_table()}
 
     _cli("test", run_dir, ["--trainer.logger.init_args.save_dir", str(run_dir), "--ckpt_path", "last"])
     results = json.loads((run_dir / "results.json").read_text())
@@ -201,7 +201,7 @@ def test_every_trainable_parameter_gets_a_gradient(tiny_encoder, tiny_llm):
         # injections install hooks on the LLM they are given: each preset gets its own copy
         module = build(name, tiny_encoder, copy.deepcopy(tiny_llm), **_tiny_overrides(presets.get(name)))
         module.train()
-        module.loss(Collator(module.tokenizer, "vqa", train=True)(samples)).backward()
+        module.model.loss(Collator(module.tokenizer, "vqa", train=True)(samples)).backward()
         missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, f"{name}: trainable parameters without a gradient: {missing[:5]}"
 

@@ -46,7 +46,7 @@ def _module(tiny_encoder, tiny_llm):
 
 def _datamodule(module, root, cache=None, batch_size=4):
     dm = EasyVQADataModule(data_root=str(root), batch_size=batch_size, test_limit=4, val_limit=4, feature_cache=cache)
-    dm.connect(module)
+    dm.connect(module.model)
     dm.setup("fit")
     return dm
 
@@ -90,7 +90,7 @@ def test_cached_training_loss_equals_live(small_root, tmp_path, tiny_encoder, ti
             if name == "cached":
                 assert isinstance(batch.media, PerceptualFeatures) and batch.media.tokens.shape[1:] == (1, 17, 64)
                 assert batch.media.cls_index == 0 and batch.media.grid == (4, 4)
-            loss = model.loss(batch)
+            loss = model.model.loss(batch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -109,15 +109,15 @@ def test_encoder_never_runs_when_training_from_the_cache(small_root, tmp_path, t
     warm = _datamodule(module, small_root, cache=str(tmp_path))
     warm.train_dataloader(), warm.val_dataloader()  # builds train and val rows
     live_batch = next(iter(_datamodule(module, small_root).train_dataloader()))
-    _forbid(monkeypatch, module.encoder)
+    _forbid(monkeypatch, module.model.encoder)
     with pytest.raises(AssertionError, match="the encoder ran"):
-        module.loss(live_batch)  # the trap works
+        module.model.loss(live_batch)  # the trap works
     dm = EasyVQADataModule(data_root=str(small_root), batch_size=4, test_limit=4, val_limit=4, feature_cache=str(tmp_path))
     trainer = Trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)  # InterfaceModule.setup connects the data (encoder included); validation generates
-    assert trainer.global_step == 2 and dm.encoder is module.encoder
+    assert trainer.global_step == 2 and dm.encoder is module.model.encoder
     assert trainer.callback_metrics["val/num_samples"] == 4
 
 
@@ -180,10 +180,10 @@ def test_random_augmentation_and_trainable_encoders_are_refused(small_root, tmp_
 
     sampled = FrameSampled(data_root=str(small_root), feature_cache=str(tmp_path))
     with pytest.raises(ValueError, match=r"train_frame_sampling='random'.*train_frame_sampling: uniform"):
-        sampled.connect(module)
+        sampled.connect(module.model)
     sampled.train_frame_sampling = "uniform"
-    sampled.connect(module)  # eval-style sampling: allowed
-    FrameSampled(data_root=str(small_root)).connect(module)  # no cache: nothing to refuse
+    sampled.connect(module.model)  # eval-style sampling: allowed
+    FrameSampled(data_root=str(small_root)).connect(module.model)  # no cache: nothing to refuse
     trainable = tiny_encoder.with_selection()
     trainable.trainable = True
     with pytest.raises(ValueError, match="trainable"):
@@ -192,7 +192,7 @@ def test_random_augmentation_and_trainable_encoders_are_refused(small_root, tmp_
 
 def test_rows_are_memory_mapped_and_deduplicated(small_root, tmp_path, tiny_encoder, tiny_llm, monkeypatch):
     module = _module(tiny_encoder, tiny_llm)
-    calls = _count_calls(monkeypatch, module.encoder)
+    calls = _count_calls(monkeypatch, module.model.encoder)
     (small_root / "train" / "images" / "3.png").write_bytes(b"not a png")  # one unreadable file
     dm = _datamodule(module, small_root, cache=str(tmp_path))
     batches = list(dm.train_dataloader())
@@ -289,7 +289,7 @@ def test_video_cache_needs_uniform_training_frames(tmp_path, tiny_llm):
     def datamodule(**extra):
         dm = SynthVideoDataModule(**kwargs, **extra)
         dm.prepare_data()
-        dm.connect(module)
+        dm.connect(module.model)
         return dm
 
     with pytest.raises(ValueError, match=r"train_frame_sampling='random'.*train_frame_sampling: uniform"):
@@ -300,7 +300,7 @@ def test_video_cache_needs_uniform_training_frames(tmp_path, tiny_llm):
     live_batch, cached_batch = next(iter(live.train_dataloader())), next(iter(cached.train_dataloader()))
     assert live_batch.ids == cached_batch.ids and cached_batch.media.tokens.shape[0] == 4
     with torch.no_grad():
-        expected = module.encoder(live_batch.media)
+        expected = module.model.encoder(live_batch.media)
     torch.testing.assert_close(cached_batch.media.tokens, expected.tokens, rtol=0, atol=1e-6)
     assert torch.equal(cached_batch.media.mask, expected.mask)
     assert (cached_batch.media.cls_index, cached_batch.media.grid) == (expected.cls_index, expected.grid)

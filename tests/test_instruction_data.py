@@ -3,7 +3,6 @@ Flickr30k / NoCaps with CHAIR, option likelihood, and the CLI on easy-instruct."
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 from collections import Counter
@@ -377,10 +376,10 @@ def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny
                            connector={"width": 64, "num_layers": 2, "num_heads": 4, "num_queries": 4}).eval()
     torch.manual_seed(0)
     with torch.no_grad():
-        for parameter in module.connector.parameters():
+        for parameter in module.model.connector.parameters():
             parameter.normal_(0, 0.5)  # an instruction projection that matters
     dm = EasyInstructDataModule(family="mcq", test_images=2, eval_batch_size=8, system="")
-    dm.connect(module)
+    dm.connect(module.model)
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     prompt_ids, prompt_mask, width = batch.prompt_ids, batch.prompt_mask, batch.prompt_ids.shape[1]
@@ -410,7 +409,6 @@ def test_option_likelihood_instructs_the_head_and_scores_the_blind_baseline(tiny
         return [x for row in rows for x in row]
 
     instructed, uninstructed, blind = scores(), scores(instructed=False), scores(blind=True)
-    batch = Batch(**{k: v for k, v in batch.items() if k in {f.name for f in dataclasses.fields(Batch)}})
     assert len(instructed) == 6 and flat(instructed) != pytest.approx(flat(uninstructed), abs=1e-3)  # the head reads it
     assert flat(option_loglikelihoods(module, batch)) == pytest.approx(flat(instructed), abs=1e-4)
     assert option_loglikelihood_choice(module, batch) == best(instructed)

@@ -217,8 +217,8 @@ def _fit(tiny_encoder, tiny_llm, run_dir: Path, ckpt_path: Path | None = None, *
     trainer = L.Trainer(accelerator="cpu", deterministic=True, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, **limits)
     trainer.fit(module, MultiTargetEasyVQA(batch_size=4, limit=16), ckpt_path=ckpt_path)
-    keep = module.trainable_keys()
-    return {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}, recorder
+    keep = module.model.trainable_keys()
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items() if k in keep}, recorder
 
 
 @pytest.mark.parametrize("limits, resume_from", [

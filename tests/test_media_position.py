@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perceptlm import build
+from perceptlm.model import PerceptualLM
 from perceptlm.batch import Batch
 
 
 @pytest.fixture
 def module(tiny_encoder, tiny_llm):
-    return build("depalm-qp-l0", tiny_encoder, tiny_llm).eval()  # eval: no dropout
+    return PerceptualLM.build("depalm-qp-l0", tiny_encoder, tiny_llm).eval()  # eval: no dropout
 
 
 def _manual_hidden(module, image, ids, position):
@@ -38,7 +38,7 @@ def test_forward_and_loss_place_the_prefix_at_the_media_position(module):
     torch.testing.assert_close(logits, module.llm.logits(text_hidden), atol=1e-5, rtol=1e-5)
     # the loss: token t is predicted from the position just before it in the combined sequence
     expected = F.cross_entropy(module.llm.logits(hidden[:, position + k + 2 : position + k + 6]).flatten(0, 1).float(),
-                               ids[0, 8:], label_smoothing=module.hparams.label_smoothing)
+                               ids[0, 8:], label_smoothing=module.label_smoothing)
     batch = Batch(ids=["0"], task="vqa", media=image, prompts=[""], sources=[None], input_ids=ids,
                   attention_mask=torch.ones_like(ids), labels=labels, media_position=torch.tensor([position]))
     torch.testing.assert_close(module.loss(batch), expected, atol=1e-5, rtol=1e-5)

@@ -42,7 +42,7 @@ def fit_then_validate(name, tmp_path, mechanism_config, *extra):
     assert not any(k.startswith(("encoder.", "llm.")) and "lora_" not in k for k in state["state_dict"])
     run = cli(["validate", *args, "--trainer.limit_val_batches", "1.0", "--ckpt_path", str(checkpoints[0])])
     metrics = run.trainer.callback_metrics
-    assert run.model.preset.name == name and metrics["val/num_samples"] == 3
+    assert run.model.model.preset.name == name and metrics["val/num_samples"] == 3
     assert 0.0 <= float(metrics["val/accuracy"]) <= 1.0
 
 

@@ -192,7 +192,7 @@ def test_a_new_combination_is_one_file(own_folder, tiny_encoder, tiny_llm):
     assert "qp4-inner" in presets.names()
     row = next(line for line in presets_table("test-tiny-vit", "test-tiny-llama").splitlines()
                if line.startswith("| qp4-inner |"))
-    module = perceptlm.build("qp4-inner", tiny_encoder, copy.deepcopy(tiny_llm)).eval()
+    module = perceptlm.PerceptualLM.build("qp4-inner", tiny_encoder, copy.deepcopy(tiny_llm)).eval()
     assert f"| {module.num_trainable_parameters:,} | 4 | inner |" in row
     assert "| `qp4-inner` | QPMapper x inner |" in presets.markdown_table()
     assert module.num_visual_tokens == 4 and module.injection.num_prefix_tokens(4) == 0
@@ -201,4 +201,4 @@ def test_a_new_combination_is_one_file(own_folder, tiny_encoder, tiny_llm):
     check_formula(module)
     check_causal(module)
     check_generation(module)
-    check_step(perceptlm.build("qp4-inner", copy.deepcopy(tiny_encoder), copy.deepcopy(tiny_llm)))
+    check_step(perceptlm.PerceptualLM.build("qp4-inner", copy.deepcopy(tiny_encoder), copy.deepcopy(tiny_llm)))

@@ -13,7 +13,7 @@ import torch
 
 from test_presets import formula_value, tiny_overrides
 
-from perceptlm import build as build_preset
+from perceptlm.model import PerceptualLM
 from perceptlm import presets, zoo
 from perceptlm.data.collate import Collator, Sample
 
@@ -34,7 +34,7 @@ PER_LAYER += [name for name in ALL if presets.get(name).injection == "prefix"][:
 
 
 def build(name, encoder, llm):
-    return build_preset(name, encoder, llm, **tiny_overrides(presets.get(name)))
+    return PerceptualLM.build(name, encoder, llm, **tiny_overrides(presets.get(name)))
 
 
 def batch(module, train, prompts=PROMPTS):
@@ -157,7 +157,7 @@ def test_llm_families(name, family, tiny_encoder):
 
 def test_inner_injection_spreads_encoder_layers_and_maps_each_once(tiny_encoder, tiny_llm):
     llm = zoo.load_llm("test-tiny-llama", num_hidden_layers=8)
-    module = build_preset("depalm-qp-inner", tiny_encoder, llm, connector={"width": 32, "num_queries": 4}).eval()
+    module = PerceptualLM.build("depalm-qp-inner", tiny_encoder, llm, connector={"width": 32, "num_queries": 4}).eval()
     assert module.injection.layer_indices == [4, 5, 6]  # 0.5-0.875 of 8 layers
     calls = []
     module.connector.register_forward_hook(lambda m, args, out: calls.append(out.shape))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from perceptlm import build as build_preset
+from perceptlm.model import PerceptualLM
 from perceptlm import presets, zoo
 from perceptlm.connectors import (
     CONNECTORS,
@@ -138,7 +138,7 @@ def build(name, encoder, llm, **overrides):
     preset = presets.get(name)
     for key, value in tiny_overrides(preset).items():
         overrides[key] = {**value, **overrides.get(key, {})}
-    return build_preset(name, encoder, llm, **overrides)
+    return PerceptualLM.build(name, encoder, llm, **overrides)
 
 
 def make_batch(module, train=True):

@@ -89,21 +89,21 @@ def test_nonfinite_loss_is_never_silent(tmp_path, tiny_encoder, tiny_llm, policy
     root = _dataset(tmp_path / "data", {str(i): None for i in range(8)})
     module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 2},
                            nonfinite_loss=policy)
-    real_loss, calls = module.loss, {"n": 0}
+    real_losses, calls = module.model.losses, {"n": 0}
 
-    def loss(batch):
+    def losses(batch):
         calls["n"] += 1
-        value = real_loss(batch)
-        return value * float("nan") if calls["n"] == 2 else value
+        values = real_losses(batch)
+        return {k: v * float("nan") for k, v in values.items()} if calls["n"] == 2 else values
 
-    monkeypatch.setattr(module, "loss", loss)
-    before = {k: v.clone() for k, v in module.connector.state_dict().items()}
+    monkeypatch.setattr(module.model, "losses", losses)
+    before = {k: v.clone() for k, v in module.model.connector.state_dict().items()}
     if policy == "stop":
         with pytest.raises(FloatingPointError, match="non-finite training loss"):
             _fit(module, root, steps=3)
     else:
         trainer = _fit(module, root, steps=3)
         assert "step skipped" in capsys.readouterr().out
-        assert all(torch.isfinite(v).all() for v in module.connector.state_dict().values())
+        assert all(torch.isfinite(v).all() for v in module.model.connector.state_dict().values())
         assert trainer.callback_metrics["train/nonfinite_steps"].item() == 1.0
-        assert any(not torch.equal(before[k], v) for k, v in module.connector.state_dict().items())
+        assert any(not torch.equal(before[k], v) for k, v in module.model.connector.state_dict().items())

@@ -408,7 +408,7 @@ def _cli_args(run_dir: Path, data_config: str, *extra: str) -> list[str]:
 
 def _fit_and_validate(run_dir: Path, data_config: str, *extra: str) -> None:
     fitted = cli(["fit", *_cli_args(run_dir, data_config, *extra), "--trainer.logger", "false"])  # W&B: validate
-    assert fitted.datamodule.num_frames == 4 == fitted.model.encoder.num_frames  # from the model, once
+    assert fitted.datamodule.num_frames == 4 == fitted.model.model.encoder.num_frames  # from the model, once
     assert fitted.trainer.global_step == 2
     checkpoints = list(run_dir.rglob("*.ckpt"))
     assert checkpoints

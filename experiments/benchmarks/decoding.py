@@ -57,7 +57,7 @@ def uncached(module: Any, features: Any, ids: list[int], max_new_tokens: int) ->
     """Batch-1 greedy decoding recomputing the full forward for every token (no KV cache)."""
     visual = module.perceive(features)
     prompt = torch.tensor([ids])
-    embeds, mask, _ = module._inputs(visual, prompt, torch.ones_like(prompt))
+    embeds, mask, _ = module.splice(visual, prompt, torch.ones_like(prompt))
     eos, out = module.llm.eos_token_id, []
     with module.injection.context(visual):
         for _ in range(max_new_tokens):
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     common.configure(args)
 
-    from perceptlm import build
+    from perceptlm.model import PerceptualLM
 
     info = common.machine()
     encoder = workloads.feature_encoder(args.smoke)
-    module = build(args.preset, encoder, workloads.load_llm(args.smoke)).eval()
+    module = PerceptualLM.build(args.preset, encoder, workloads.load_llm(args.smoke)).eval()
     features = workloads.random_features(module.encoder, args.batch_size, torch.Generator().manual_seed(args.seed))
     prompt_ids, prompt_mask, unpadded = prompts(module.tokenizer, args.batch_size)
     eos = module.llm.eos_token_id
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": common.finish(info),
         "config": {"preset": args.preset, "encoder": encoder.name, "llm": module.llm.name,
                    "batch_size": args.batch_size, "single_samples": single, "max_new_tokens": args.max_new_tokens,
-                   "prompt_tokens": [len(x) for x in unpadded], "prefix_tokens": module.preset.prompt_tokens
-                   + module.num_visual_tokens, "repeats": args.repeats, "decoding": "greedy"},
+                   "prompt_tokens": [len(x) for x in unpadded], "prefix_tokens": module.num_input_tokens, "repeats": args.repeats, "decoding": "greedy"},
         "tokens": counts,
         "timing": timing,
         "tokens_per_second": {arm: round(r, 3) for arm, r in rate.items()},

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
 
-    from perceptlm import build, zoo
+    from perceptlm import zoo
+    from perceptlm.model import PerceptualLM
 
     device = torch.device(args.device)
     if args.threads:
@@ -126,8 +127,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_average = os.getloadavg()
     encoder, llm = zoo.load_encoder(args.encoder), zoo.load_llm(args.llm)
     torch.manual_seed(0)  # the connector's initial weights
-    module = build(args.preset, encoder, llm, features=json.loads(args.features) or None,
-                           connector=json.loads(args.connector)).to(device).train()
+    module = PerceptualLM.build(args.preset, encoder, llm, features=json.loads(args.features) or None,
+                                connector=json.loads(args.connector)).to(device).train()
     keep = module.trainable_keys()
     initial = {k: v.detach().clone() for k, v in module.state_dict().items() if k in keep}
     root = args.cache_dir or tempfile.mkdtemp(prefix="feature-cache-")

@@ -49,7 +49,7 @@ def _hand_loop(module: Any, batches: list[Batch], clip: float) -> tuple[list[flo
     begin = time.perf_counter()
     for batch in batches:
         starts.append(time.perf_counter())
-        loss = module.loss(batch)
+        loss = module.model.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tiny = args.smoke or args.scale == "tiny"
     encoder = workloads.feature_encoder(tiny, materialise=True, layers=1)
     module = build(args.preset, encoder, workloads.load_llm(tiny))
-    batches = [workloads.training_batch(module, args.batch_size, args.text_length, seed=args.seed + i)
+    batches = [workloads.training_batch(module.model, args.batch_size, args.text_length, seed=args.seed + i)
                for i in range(args.steps)]
     clip = 0.8
     arms = {"lightning": _lightning, "hand": _hand_loop}
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "B2 framework overhead",
         "command": common.command(argv, "framework_overhead.py"),
         "machine": common.finish(info),
-        "config": {"scale": "tiny" if tiny else "real", "preset": args.preset, "encoder": encoder.name, "llm": module.llm.name, "batch_size": args.batch_size,
+        "config": {"scale": "tiny" if tiny else "real", "preset": args.preset, "encoder": encoder.name, "llm": module.model.llm.name, "batch_size": args.batch_size,
                    "text_length": args.text_length, "steps_per_run": args.steps, "dropped_intervals": args.warmup,
                    "repeats": args.repeats, "gradient_clip": clip},
         "step_seconds": {name: [round(s, 5) for s in values] for name, values in steps.items()},

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "script on a CPU, or --device cuda on a GPU machine")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
 
-    from perceptlm import build
+    from perceptlm.model import PerceptualLM
 
     info = common.machine(device)
     sync = common.synchronizer(device)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def prepare(name: str) -> tuple[Any, Any, int]:
         """A preset on the shared LLM, its training step and its connector's counted FLOPs."""
         torch.manual_seed(args.seed)
-        module = build(name, encoder, llm).train()
+        module = PerceptualLM.build(name, encoder, llm).train()
         for child_name, child in module.named_children():
             if child_name != "encoder":
                 child.to(device)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timing = common.interleaved(arms, args.repeats, warmup=0, sync=sync)
     profile = common.top_ops(step, sync=sync) if args.profile else []
     seconds = timing[args.preset]["median"]
-    prefix = module.preset.prompt_tokens + (module.num_visual_tokens if module.preset.injection == "prefix" else 0)
+    prefix = module.num_input_tokens
     sequence = prefix + args.text_length
     dims = flops.llm_dimensions(llm.config)
     llm_flops = flops.frozen_llm_flops(dims, args.batch_size, sequence, args.answer_length)

@@ -32,7 +32,7 @@ def build(args: Any) -> tuple[Any, Any, int]:
     """Our module and the peer with identical weights; returns them and the patch count."""
     import transformers
 
-    import perceptlm
+    from perceptlm.model import PerceptualLM
     from perceptlm.encoders.hf_vision import HFVisionEncoder
 
     if args.smoke:
@@ -46,7 +46,7 @@ def build(args: Any) -> tuple[Any, Any, int]:
     vision = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**geometry)).eval()
     encoder = HFVisionEncoder(vision, name="clip-vision-random")
     llm = workloads.load_llm(args.smoke)
-    ours = perceptlm.build("llava-1.5", encoder, llm, label_smoothing=0.0)
+    ours = PerceptualLM.build("llava-1.5", encoder, llm, label_smoothing=0.0)
     patches = ours.num_visual_tokens
     vocab = llm.model.get_input_embeddings().num_embeddings
     config = transformers.LlavaConfig(
@@ -111,9 +111,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ours.train(), peer.train()
     ours_opt = workloads.optimizer(ours)
-    hp = ours.hparams
     peer_params = [p for p in peer.parameters() if p.requires_grad]
-    peer_opt = torch.optim.AdamW(peer_params, lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps)
+    peer_opt = torch.optim.AdamW(peer_params, **workloads.ADAMW)
     ours_step = workloads.step_fn(ours, ours_batch, ours_opt, clip=None)
 
     def peer_step() -> float:

@@ -86,14 +86,14 @@ def worker(args: Any) -> dict[str, Any]:
 
     import torch
 
-    from perceptlm import build
+    from perceptlm.model import PerceptualLM
 
     import workloads
 
     common.configure(args)
     at_start = _status("VmRSS")
     encoder, llm = workloads.feature_encoder(args.smoke), workloads.load_llm(args.smoke)
-    module = build(args.worker, encoder, llm).train()
+    module = PerceptualLM.build(args.worker, encoder, llm).train()
     batch = workloads.training_batch(module, args.batch_size, args.text_length, args.answer_length, args.seed)
     step = workloads.step_fn(module, batch, workloads.optimizer(module))
     step()  # warm-up: allocates AdamW's state

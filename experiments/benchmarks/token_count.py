@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     common.configure(args)
 
-    import perceptlm
+    from perceptlm.model import PerceptualLM
     from perceptlm import presets
 
     info = common.machine()
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def build(name: str) -> tuple[Any, Any]:
         torch.manual_seed(args.seed)
-        module = perceptlm.build(name, encoder, llm).train()
+        module = PerceptualLM.build(name, encoder, llm).train()
         batch = workloads.training_batch(module, args.batch_size, args.text_length, args.answer_length, args.seed)
         return module, workloads.step_fn(module, batch, workloads.optimizer(module))
 

@@ -101,10 +101,12 @@ def trainable(module: torch.nn.Module) -> list[Tensor]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+ADAMW = {"lr": 8e-4, "weight_decay": 0.1, "eps": 1e-4}  # DePALM's, the InterfaceModule defaults
+
+
 def optimizer(module: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters with the module's hyper-parameters (DePALM's)."""
-    hp = module.hparams
-    return torch.optim.AdamW(trainable(module), lr=hp.lr, weight_decay=hp.weight_decay, eps=hp.adam_eps)
+    """AdamW over the trainable parameters with DePALM's hyper-parameters."""
+    return torch.optim.AdamW(trainable(module), **ADAMW)
 
 
 def step_fn(module: Any, batch: Batch, opt: torch.optim.Optimizer, clip: float | None = 0.8):

@@ -1,4 +1,5 @@
-"""InterfaceModule contracts on tiny backbones: freezing, loss, generation, checkpoints."""
+"""PerceptualLM contracts on tiny backbones, without a Trainer: freezing, loss, generation, export;
+and the checkpoints of the InterfaceModule that trains it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import torch.nn.functional as F
 
 from perceptlm import build, presets
 from perceptlm.data.collate import Collator, Sample
+from perceptlm.model import PerceptualLM
 
 
 def _module(tiny_encoder, tiny_llm, **overrides):
-    return build("depalm-qp-l0", tiny_encoder, tiny_llm, **overrides)
+    return PerceptualLM.build("depalm-qp-l0", tiny_encoder, tiny_llm, **overrides)
 
 
 def _batch(module, prompts, answers, train=True, size=32):
@@ -28,7 +30,7 @@ ANSWERS = ["circle", "no", "teal"]
 def test_presets_listed_and_unknown_rejected(tiny_encoder, tiny_llm):
     assert "depalm-qp-l0" in presets.names()
     with pytest.raises(ValueError, match="valid presets: .*depalm-qp-l0"):
-        build("no-such-preset", tiny_encoder, tiny_llm)
+        PerceptualLM.build("no-such-preset", tiny_encoder, tiny_llm)
     with pytest.raises(ValueError, match="unknown preset override"):
         presets.get("depalm-qp-l0").with_overrides(mapper={"x": 1})
 
@@ -127,17 +129,21 @@ def test_beam_search_scores_at_least_greedy(tiny_encoder, tiny_llm):
 
 
 def test_checkpoint_holds_trainable_weights_only(tiny_encoder, tiny_llm):
-    module = _module(tiny_encoder, tiny_llm)
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm)
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     keys = set(checkpoint["state_dict"])
-    assert keys == module.trainable_keys()
-    assert not any(k.startswith(("encoder.", "llm.")) for k in keys)
-    other = _module(tiny_encoder, tiny_llm)
+    assert keys == {f"model.{k}" for k in module.model.trainable_keys()}
+    assert not any(k.startswith(("model.encoder.", "model.llm.")) for k in keys)
+    other = build("depalm-qp-l0", tiny_encoder, tiny_llm)
     other.on_load_checkpoint(checkpoint)
     other.load_state_dict(checkpoint["state_dict"], strict=False)
     assert all(torch.equal(other.state_dict()[k], v) for k, v in checkpoint["state_dict"].items())
-    del checkpoint["state_dict"]["connector.output.0.weight"]
+    # checkpoints written before the model had its own module name the weights without "model."
+    legacy = {"state_dict": {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}}
+    other.on_load_checkpoint(legacy)
+    assert set(legacy["state_dict"]) == keys
+    del checkpoint["state_dict"]["model.connector.output.0.weight"]
     with pytest.raises(KeyError, match="lacks trainable weights"):
         other.on_load_checkpoint(checkpoint)
 
@@ -166,7 +172,7 @@ def test_stop_strings_cut_the_text_and_end_greedy_decoding(tiny_encoder, tiny_ll
     first = module.tokenizer.decode(free[0, :2])
     stop = stop_string_criterion(module.tokenizer, [first])
     assert bool(stop(free[:, :2])[0]) and not bool(stop(free[:, :1])[0] and len(first) > 1)
-    module.hparams.stop_strings = [first]
+    module.stop_strings = [first]
     stopped = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=8)
     assert stopped.shape[1] <= 2 and torch.equal(stopped[0], free[0, : stopped.shape[1]])
 
@@ -176,23 +182,30 @@ def test_save_and_load_pretrained_generate_the_same(tmp_path, tiny_encoder, tiny
 
     from perceptlm import InterfaceModule
 
-    module = _module(tiny_encoder, tiny_llm, connector={"num_queries": 4}).eval()
-    torch.nn.init.normal_(module.connector.output[0].weight, std=0.5)  # not the init any more
+    module = build("depalm-qp-l0", tiny_encoder, tiny_llm, connector={"num_queries": 4}, lr=3e-4).eval()
+    torch.nn.init.normal_(module.model.connector.output[0].weight, std=0.5)  # not the init any more
     batch = _batch(module, PROMPTS, ANSWERS, train=False)
     before = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5)
     module.save_pretrained(tmp_path / "export")
-    assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == module.trainable_keys()
+    assert set(load_file(str(tmp_path / "export" / "model.safetensors"))) == module.model.trainable_keys()
     loaded = InterfaceModule.from_pretrained(tmp_path / "export")  # backbones rebuilt from the zoo
-    assert loaded.encoder_name == "test-tiny-vit" and loaded.preset.connector["num_queries"] == 4
+    assert loaded.model.encoder.name == "test-tiny-vit" and loaded.model.preset.connector["num_queries"] == 4
+    assert loaded.hparams.lr == 3e-4  # the run's own arguments come back too
     after = loaded.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5)
     assert torch.equal(before, after)
+    plain = PerceptualLM.from_pretrained(tmp_path / "export")  # the model alone, without Lightning
+    assert torch.equal(before, plain.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5))
+    plain.save_pretrained(tmp_path / "plain")  # and back: the model's own build arguments
+    again = PerceptualLM.from_pretrained(tmp_path / "plain")
+    assert again.preset == plain.preset and again.options == plain.options
+    assert torch.equal(before, again.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=5))
     with pytest.raises(FileNotFoundError, match="not a perceptlm export"):
         InterfaceModule.from_pretrained(tmp_path)
 
 
 def test_compiled_llm_layers_give_the_eager_loss_and_gradients(tiny_encoder, tiny_llm):
     eager = _module(tiny_encoder, tiny_llm)
-    compiled = build("depalm-qp-l0", tiny_encoder, copy.deepcopy(tiny_llm), compile_llm=True)
+    compiled = PerceptualLM.build("depalm-qp-l0", tiny_encoder, copy.deepcopy(tiny_llm), compile_llm=True)
     compiled.load_state_dict(eager.state_dict())
     assert all(layer._compiled_call_impl is not None for layer in compiled.llm.layers)
     assert not any(getattr(layer, "_compiled_call_impl", None) for layer in tiny_llm.layers)  # the caller's copy
@@ -216,7 +229,7 @@ def test_generation_stops_at_an_end_of_turn_token_besides_eos(tiny_encoder, tiny
     module.stop_token_ids = [module.llm.eos_token_id, int(free[0, 2])]  # e.g. <|eot_id|> of a chat template
     stopped = module.generate(batch.media, batch.prompt_ids, batch.prompt_mask, max_new_tokens=6, num_beams=1)
     assert stopped[0].tolist() == free[0, :3].tolist()
-    assert module._decode(free) == [module.tokenizer.decode(free[0, :2], skip_special_tokens=True).strip()]
+    assert module.decode(free) == [module.tokenizer.decode(free[0, :2], skip_special_tokens=True).strip()]
 
 
 def test_instruction_data_reports_its_single_token_end_of_turn(smollm2, tiny_llm):
@@ -241,3 +254,29 @@ def test_instruction_data_reports_its_single_token_end_of_turn(smollm2, tiny_llm
     data.connect(model)
     data.connect(model)  # connecting again adds nothing twice
     assert model.stop_token_ids == sorted({smollm2.eos_token_id, end})
+
+
+def test_the_model_trains_and_decodes_without_lightning():
+    """The maths needs no Trainer: building, a loss step and decoding import no Lightning."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from perceptlm.batch import Batch
+from perceptlm.model import PerceptualLM
+model = PerceptualLM.build("depalm-qp-l0", "test-tiny-vit", "test-tiny-llama", connector={"num_queries": 4})
+ids = torch.tensor([[5, 6, 7, 8]])
+batch = Batch(ids=["0"], task="vqa", media=torch.randn(1, 3, 32, 32), prompts=[""], sources=[None],
+              input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([[-100, -100, 7, 8]]))
+loss = model.loss(batch)
+loss.backward()
+assert torch.isfinite(loss) and model.connector.output[0].weight.grad is not None
+assert all(p.grad is None for p in model.llm.parameters())
+new = model.eval().generate(batch.media, ids, torch.ones_like(ids), max_new_tokens=3)
+assert new.shape == (1, 3) and len(model.decode(new)) == 1
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("lightning", "pytorch_lightning")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
