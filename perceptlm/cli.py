@@ -8,6 +8,7 @@ model's ``setup``; not repeated in configs).
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import warnings
@@ -16,6 +17,9 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from perceptlm import presets, zoo
+from perceptlm.evaluation.report import main as report
+from perceptlm.model import PerceptualLM
 from perceptlm.training import InterfaceModule
 from perceptlm.training.callbacks import PreemptionCheckpoint
 
@@ -91,8 +95,6 @@ def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
 
 def presets_table(encoder: str, llm: str) -> str:
     """Markdown table of every preset on the given backbones: trainable parameters, visual tokens."""
-    from perceptlm import presets, zoo
-    from perceptlm.model import PerceptualLM
 
     llm_module, encoder_module = zoo.load_llm(llm), zoo.load_encoder(encoder)  # each preset views them
     rows = ["| preset | trainable params | visual tokens | injection | LLM tuning | paper |", "|---|---:|---:|---|---|---|"]
@@ -115,13 +117,9 @@ def main(args: list[str] | None = None) -> None:
     ``perceptlm report RUNS_DIR`` (results.json files -> the papers' comparison table)."""
     args = sys.argv[1:] if args is None else args
     if args and args[0] == "report":
-        from perceptlm.evaluation.report import main as report
-
         report(args[1:])
         return
     if args and args[0] == "presets":
-        import argparse
-
         parser = argparse.ArgumentParser(prog="perceptlm presets", description=presets_table.__doc__)
         parser.add_argument("--encoder", default="test-tiny-vit")
         parser.add_argument("--llm", default="test-tiny-llama")
@@ -129,8 +127,6 @@ def main(args: list[str] | None = None) -> None:
         parser.add_argument("--write", metavar="FILE", help="with --markdown: replace the table in FILE")
         options = parser.parse_args(args[1:])
         if options.markdown:
-            from perceptlm import presets
-
             if options.write:
                 changed = presets.write_table(options.write)
                 print(f"{options.write}: {'table updated' if changed else 'table already current'}")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from perceptlm.data.collate import DEFAULT_TEMPLATES, Collator, Sample
 from perceptlm.data.resumable import ResumableDataLoader
+from perceptlm.data.feature_cache import cached_dataset, check_cacheable, stack_features
 
 
 def subset_indices(size: int, fraction: float | None, limit: int | None, seed: int) -> list[int]:
@@ -259,8 +260,6 @@ class PerceptionDataModule(LightningDataModule):
         again (another model) replaces all of it."""
         encoder = model.encoder
         if self.feature_cache is not None:
-            from perceptlm.data.feature_cache import check_cacheable
-
             check_cacheable(encoder, self, "train")  # the one check: evaluation stages read deterministically
         if encoder is not self.encoder:
             self._cached.clear()  # features of another encoder
@@ -304,9 +303,7 @@ class PerceptionDataModule(LightningDataModule):
 
     def _collator(self, train: bool) -> Collator:
         self._require_connected()
-        stack_media = self.stack_media
-        if self.feature_cache is not None:
-            from perceptlm.data.feature_cache import stack_features as stack_media
+        stack_media = stack_features if self.feature_cache is not None else self.stack_media
         return self.collator_class(self.tokenizer, self.task, train=train, stack_media=stack_media,
                                    max_length=self.max_length, seed=self.seed, **self.collator_options())
 
@@ -318,8 +315,6 @@ class PerceptionDataModule(LightningDataModule):
             return dataset
         cached = self._cached.get(stage)
         if cached is None or cached.samples is not dataset.samples:
-            from perceptlm.data.feature_cache import cached_dataset
-
             cached = self._cached[stage] = cached_dataset(self, stage, dataset)
         return cached
 

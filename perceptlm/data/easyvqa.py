@@ -20,14 +20,13 @@ from typing import Any
 
 from perceptlm.data.base import PerceptionDataModule
 from perceptlm.data.collate import Sample
+from perceptlm.paths import package_dir
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 
 
 def default_root() -> Path:
-    from perceptlm.paths import package_dir
-
     return package_dir("easy_vqa") / "data"
 
 

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 
 from perceptlm.data.collate import Sample
 from perceptlm.encoders.base import PerceptualEncoder, PerceptualFeatures
+from perceptlm.paths import cache_dir
 
 FORMAT_VERSION = 1
 _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64,
@@ -62,8 +63,6 @@ _STORAGE = {torch.float32: np.float32, torch.float16: np.float16, torch.float64:
 def resolve_root(option: str | os.PathLike) -> Path:
     """``"auto"`` -> ``$PERCEPTLM_CACHE/features``; anything else is the cache root itself."""
     if str(option) == "auto":
-        from perceptlm.paths import cache_dir
-
         return cache_dir() / "features"
     return Path(option).expanduser()
 

@@ -32,6 +32,7 @@ import numpy as np
 from perceptlm.data import generated
 from perceptlm.data.audio_captions import AudioCaptionDataModule, cell, read_csv
 from perceptlm.data.collate import Sample
+from perceptlm.paths import cache_dir
 
 VERSION = 1
 COUNTS = {1: "one", 2: "two", 3: "three"}
@@ -153,8 +154,6 @@ class SynthAudioDataModule(AudioCaptionDataModule):
     def root(self) -> Path:
         if self.data_root:
             return Path(self.data_root)
-        from perceptlm.paths import cache_dir
-
         return cache_dir() / "synth_audio"
 
     def prepare_data(self) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from perceptlm.data import generated
 from perceptlm.data.collate import Sample
 from perceptlm.data.video import VideoDataModule
+from perceptlm.paths import cache_dir
 
 VERSION = 1
 COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40)}
@@ -170,8 +171,6 @@ class SynthVideoDataModule(VideoDataModule):
     def base_dir(self) -> Path:
         if self.data_root:
             return Path(self.data_root)
-        from perceptlm.paths import cache_dir
-
         return cache_dir() / "synth_video"
 
     def prepare_data(self) -> None:

@@ -24,6 +24,8 @@ import os
 import time
 import urllib.error
 import urllib.request
+
+from perceptlm.paths import cache_dir
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,8 +70,6 @@ class JudgeConfig:
 
     def resolved(self) -> "JudgeConfig":
         """Missing fields from the environment (the key only ever from here or the caller)."""
-        from perceptlm.paths import cache_dir
-
         key = self.api_key or os.environ.get("OPENAI_API_KEY")
         base = self.base_url or os.environ.get("OPENAI_BASE_URL") or (DEFAULT_OPENAI_URL if key else None)
         return replace(self, base_url=base, api_key=key, model=self.model or os.environ.get("PERCEPTLM_JUDGE_MODEL"),

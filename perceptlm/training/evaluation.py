@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from perceptlm.batch import Batch
+from perceptlm.data.video import frame_strip
 from perceptlm.evaluation import keys as K
 from perceptlm.evaluation import (config_hash, gather_records, option_loglikelihood_choice, results_summary,
                                   score_records, write_results)
@@ -90,8 +91,6 @@ def log_predictions(loggers: list[Any], stage: str, records: list[dict[str, Any]
         if suffix in IMAGE_SUFFIXES:
             return wandb.Image(path)
         if suffix in VIDEO_SUFFIXES:
-            from perceptlm.data.video import frame_strip
-
             try:
                 strips[path] = frame_strip(path)
             except Exception:  # noqa: BLE001 - an undecodable clip is shown by its path
