@@ -35,6 +35,7 @@ demo: $(STAMP)
 	$(VENV)/bin/perceptlm test --config $(DEMO_CONFIG) --ckpt_path last $(ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo  # the package's floors (pyproject.toml, ARCHITECTURE.md)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

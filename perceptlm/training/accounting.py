@@ -1,11 +1,13 @@
-"""What a run counts besides its loss: samples skipped for unreadable media, training time and
-samples (for ``results.json``), and throughput."""
+"""What a run counts besides its loss: trainable parameters per component, samples skipped for
+unreadable media, training time and samples (for ``results.json``), and throughput."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from perceptlm.batch import Batch
+from perceptlm.model import PerceptualLM
 
 
 class SkipCounter:
@@ -67,3 +69,17 @@ def throughput(batch: Batch, seconds: float, world_size: int, input_tokens: int)
     size = batch.input_ids.shape[0]
     tokens = float(batch.attention_mask.sum()) + input_tokens * size
     return {"samples_per_second": size * world_size / seconds, "tokens_per_second": tokens * world_size / seconds}
+
+
+def report_parameters(model: PerceptualLM, loggers: list[Any], print_table: bool) -> None:
+    """The (component, trainable, frozen) parameter table, printed (on rank 0) and logged as a table,
+    with the trainable count and visual tokens as hyper-parameters."""
+    rows = model.parameter_table()
+    if print_table:
+        lines = [f"{'component':<12}{'trainable':>14}{'frozen':>14}"]
+        print("\n".join(lines + [f"{name:<12}{t:>14,}{f:>14,}" for name, t, f in rows]))
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table("parameters", columns=["component", "trainable", "frozen"], data=[list(r) for r in rows])
+        logger.log_hyperparams({"trainable_params": model.num_trainable_parameters,
+                                "visual_tokens": model.num_visual_tokens})

@@ -13,9 +13,9 @@ from perceptlm import presets
 from perceptlm.batch import Batch
 from perceptlm.encoders.base import PerceptualEncoder
 from perceptlm.llm.language_model import LanguageModel
-from perceptlm.model import PerceptualLM, read_pretrained
+from perceptlm.model import PerceptualLM
 from perceptlm.training import optimization, persistence
-from perceptlm.training.accounting import SkipCounter, TrainClock, throughput
+from perceptlm.training.accounting import SkipCounter, TrainClock, report_parameters, throughput
 from perceptlm.training.evaluation import Evaluator, log_predictions, write_test_results
 
 # The constructor arguments that define the model (PerceptualLM.build); the rest are run options.
@@ -130,27 +130,10 @@ class InterfaceModule(LightningModule):
 
     def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        """Clip as configured; under FSDP through the wrapped module's own ``clip_grad_norm_`` (the
-        gradients are sharded), which Lightning's FSDP precision plugin leaves to the module."""
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        if isinstance(self.trainer.strategy, FSDPStrategy) and gradient_clip_val:
-            if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(f"FSDP clips by norm only; got gradient_clip_algorithm={gradient_clip_algorithm!r}")
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        optimization.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_fit_start(self) -> None:
-        rows = self.model.parameter_table()
-        if self.trainer.is_global_zero:
-            lines = [f"{'component':<12}{'trainable':>14}{'frozen':>14}"]
-            print("\n".join(lines + [f"{name:<12}{t:>14,}{f:>14,}" for name, t, f in rows]))
-        for logger in self.loggers:
-            if hasattr(logger, "log_table"):
-                logger.log_table("parameters", columns=["component", "trainable", "frozen"], data=[list(r) for r in rows])
-            logger.log_hyperparams({"trainable_params": self.model.num_trainable_parameters,
-                                    "visual_tokens": self.model.num_visual_tokens})
+        report_parameters(self.model, self.loggers, self.trainer.is_global_zero)
 
     def on_train_start(self) -> None:
         self.clock.start()
@@ -219,13 +202,7 @@ class InterfaceModule(LightningModule):
     def from_pretrained(cls, directory: str | Path, encoder: Any = None, llm: Any = None,
                         **overrides: Any) -> "InterfaceModule":
         """Rebuild a module written by :meth:`save_pretrained` (backbones from the zoo or passed in)."""
-        config, state = read_pretrained(directory)
-        arguments = {**config["arguments"], **overrides, "init_from": None}
-        module = cls(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
-        module.model.load_trainable(state, str(directory))
-        module.clock.seconds = float(config.get("train_seconds", 0.0))
-        module.clock.samples = int(config.get("train_samples", 0))
-        return module.eval()
+        return persistence.from_pretrained(cls, directory, encoder, llm, **overrides)
 
 
 def build(preset: str, encoder: str | PerceptualEncoder, llm: str | LanguageModel, **overrides: Any) -> InterfaceModule:

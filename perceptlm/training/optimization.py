@@ -44,3 +44,17 @@ def schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction
     """Lightning's ``lr_scheduler`` entry: :func:`warmup_cosine`, stepped every optimizer step."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_fraction, floor))
     return {"scheduler": scheduler, "interval": "step"}
+
+
+def clip_gradients(module: Any, optimizer: torch.optim.Optimizer, value: float | None, algorithm: str | None) -> None:
+    """Lightning's gradient clipping as configured; under FSDP through the wrapped module's own
+    ``clip_grad_norm_`` (the gradients are sharded), which Lightning's FSDP precision plugin leaves
+    to the module."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(module.trainer.strategy, FSDPStrategy) and value:
+        if algorithm not in (None, "norm"):
+            raise ValueError(f"FSDP clips by norm only; got gradient_clip_algorithm={algorithm!r}")
+        module.trainer.strategy.model.clip_grad_norm_(value)
+        return
+    module.clip_gradients(optimizer, value, algorithm)

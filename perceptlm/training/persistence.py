@@ -76,3 +76,17 @@ def load_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
             restore_rng_states(extra["rng_states"], trainer.global_rank)
         elif "torch_rng_state" in extra:  # checkpoints written before per-rank states
             torch.set_rng_state(extra["torch_rng_state"])
+
+
+def from_pretrained(cls: Any, directory: str | Path, encoder: Any = None, llm: Any = None, **overrides: Any) -> Any:
+    """The ``cls`` module (an :class:`~perceptlm.training.InterfaceModule`) of a ``save_pretrained``
+    folder: its constructor arguments and backbone names from the JSON (or ``encoder`` / ``llm``
+    passed in), its trainable weights from safetensors, its train clock; in eval mode. ``init_from``
+    is not repeated: the folder holds the weights it would copy."""
+    config, state = read_pretrained(directory)
+    arguments = {**config["arguments"], **overrides, "init_from": None}
+    module = cls(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
+    module.model.load_trainable(state, str(directory))
+    module.clock.seconds = float(config.get("train_seconds", 0.0))
+    module.clock.samples = int(config.get("train_samples", 0))
+    return module.eval()
