@@ -84,7 +84,5 @@ def test_token_counts_come_from_the_injection():
 def test_llama_adapter_reports_its_prompts(tiny_encoder, tiny_llm):
     import copy
 
-    from perceptlm import build
-
     module = PerceptualLM.build("llama-adapter", tiny_encoder, copy.deepcopy(tiny_llm))
     assert module.num_visual_tokens == presets.get("llama-adapter").injection_options["adaption_prompts"]

@@ -210,10 +210,9 @@ def test_rows_are_memory_mapped_and_deduplicated(small_root, tmp_path, tiny_enco
     assert sum(len(b.ids) for b in batches) == 12
 
 
-def test_auto_root_and_missing_encoder(small_root, tmp_path, monkeypatch, tiny_encoder, tiny_llm):
+def test_auto_root_and_missing_encoder(small_root, tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPTLM_CACHE", str(tmp_path))
     assert resolve_root("auto") == tmp_path / "features"
-    module = _module(tiny_encoder, tiny_llm)
     dm = EasyVQADataModule(data_root=str(small_root), feature_cache="auto")  # not connected: no encoder
     dm.setup("fit")
     with pytest.raises(RuntimeError, match=r"needs the encoder: .*datamodule.connect\(model\)"):

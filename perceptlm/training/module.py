@@ -9,7 +9,6 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from perceptlm import presets
 from perceptlm.batch import Batch
 from perceptlm.encoders.base import PerceptualEncoder
 from perceptlm.llm.language_model import LanguageModel
@@ -62,7 +61,7 @@ class InterfaceModule(LightningModule):
         self.save_hyperparameters(ignore=["encoder", "llm"] if loaded else [])
         arguments = locals()
         self.model = PerceptualLM.build(**{k: arguments[k] for k in MODEL_ARGUMENTS})
-        self.llm_lr = llm_lr if llm_lr is not None else presets.get(preset).stage(stage).get("llm_lr")
+        self.llm_lr = llm_lr if llm_lr is not None else self.model.preset.stage(stage).get("llm_lr")
         if init_from:
             state = persistence.read_trainable_state(init_from)
             copied = self.model.load_trainable(state, f"init_from={init_from!r}", partial=True)
