@@ -16,6 +16,10 @@ Prefixed names (``PREFIX:rest``, :data:`ENCODER_PREFIXES`):
 - ``video:NAME``: the image encoder NAME (any name :func:`load_encoder` takes) run on every frame
   (``num_frames``, ``temporal``); ``timesformer:ID``: a locally cached TimeSformer checkpoint.
 - ``ast:ID`` / ``clap:ID``: a locally cached AST checkpoint / CLAP audio tower.
+
+``geometry:<real name>`` (LLMs and encoders, :mod:`perceptlm.zoo.geometry`): the paper's backbones
+at their real architecture and size on the meta device, no weights: for structure and parameter
+counts, not for running.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from perceptlm.encoders.open_clip_encoder import open_clip_encoder
 from perceptlm.encoders.timm_encoder import timm_encoder
 from perceptlm.encoders.video import VideoFrameEncoder, timesformer_encoder, video_encoder
 from perceptlm.llm.language_model import LanguageModel
+from perceptlm.zoo.geometry import GEOMETRY_LLMS, geometry_encoder, geometry_llm, is_geometry
 from perceptlm.zoo.packaged import efficientnet_lite0_encoder, smollm2_folder, whisper_tiny_en_encoder
 from perceptlm.zoo.tiny import (
     tiny_ast_encoder,
@@ -51,6 +56,8 @@ def load_llm(name: str, trainable: bool = False, dtype: torch.dtype = torch.floa
     """Load a decoder-only LLM by zoo name, hub id or local folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if is_geometry(name):
+        return geometry_llm(name, trainable=trainable, dtype=dtype, **kwargs)
     if name.startswith("test-tiny-"):
         family = name.removeprefix("test-tiny-")
         model, tokenizer = tiny_llm_model(family, **kwargs)
@@ -72,7 +79,7 @@ def load_llm(name: str, trainable: bool = False, dtype: torch.dtype = torch.floa
 
 
 LLM_NAMES = ("smollm2-135m-instruct", "test-tiny-llama", "test-tiny-qwen2", "test-tiny-mistral",
-             "test-tiny-opt", "test-tiny-gpt2")
+             "test-tiny-opt", "test-tiny-gpt2", *GEOMETRY_LLMS)
 
 
 # -- encoders -------------------------------------------------------------------------------------
@@ -102,6 +109,7 @@ ENCODER_PREFIXES: dict[str, Callable[..., PerceptualEncoder]] = {
     "timesformer": timesformer_encoder,  # timesformer:HUB_ID_OR_DIR
     "ast": ast_from_pretrained,  # ast:HUB_ID_OR_DIR
     "clap": clap_from_pretrained,  # clap:HUB_ID_OR_DIR (audio tower)
+    "geometry": geometry_encoder,  # geometry:REAL_NAME, meta device (perceptlm.zoo.geometry)
 }
 
 
