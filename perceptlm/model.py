@@ -2,8 +2,8 @@
 plain ``nn.Module``.
 
 One forward reads top to bottom: media -> :meth:`~PerceptualLM.perceive` (encoder, or cached features)
--> :meth:`~PerceptualLM.map` (connector) -> :meth:`~PerceptualLM.splice` (prompt tokens and prefix
-tokens at the media position of the text) -> the LLM, with the injection's per-layer hooks active ->
+-> :meth:`~PerceptualLM.map` (connector) -> :meth:`~PerceptualLM.splice` (prefix tokens, then prompt
+tokens, at the media position of the text) -> the LLM, with the injection's per-layer hooks active ->
 logits at the supervised positions only (:meth:`~PerceptualLM.losses`) or KV-cached decoding
 (:meth:`~PerceptualLM.generate`). Training concerns (optimiser, schedule, logging, checkpoints) live
 in :mod:`perceptlm.training`; this module needs no Trainer.
@@ -45,22 +45,30 @@ class PerceptualLM(nn.Module):
     BLIP-2's image-text contrastive loss in training (:class:`~perceptlm.losses.ImageTextContrastive`).
     Decoding defaults: ``max_new_tokens``, ``num_beams`` (1 = greedy), ``stop_strings`` (the text is
     cut before the first one; greedy decoding also stops there). ``compile_llm`` compiles each LLM
-    decoder layer (:meth:`LanguageModel.compile_layers`).
+    decoder layer (:meth:`LanguageModel.compile_layers`). ``special_tokens``: tokens added to the LLM's
+    tokenizer that are never split (DePALM's OPT answer token ``</a>``, which its prompts end with).
+    ``llm_dropout``: the frozen LLM runs with its dropout in training (DePALM's frozen OPT is in
+    train mode while it trains; still no gradient).
     """
 
     def __init__(self, preset: Preset, encoder: PerceptualEncoder, llm: LanguageModel, *,
                  llm_tuning_options: dict[str, Any] | None = None, freeze_connector: bool = False,
                  label_smoothing: float = 0.0, itc_weight: float = 0.0, max_new_tokens: int = 20,
-                 num_beams: int = 1, stop_strings: list[str] | None = None, compile_llm: bool = False) -> None:
+                 num_beams: int = 1, stop_strings: list[str] | None = None, compile_llm: bool = False,
+                 special_tokens: list[str] | None = None, llm_dropout: bool = False) -> None:
         super().__init__()
         if itc_weight < 0:
             raise ValueError(f"itc_weight must be >= 0 (0: no contrastive loss), got {itc_weight}")
         self.preset = preset
         self.encoder = encoder
         self.llm = llm
-        self.connector = build_connector(encoder.embed_dim, llm.hidden_size, preset.connector)
-        self.injection = build_injection(preset.injection, **preset.injection_options)
+        injection = build_injection(preset.injection, **preset.injection_options)
+        self.connector = build_connector(encoder.embed_dim, injection.token_width(llm.hidden_size), preset.connector)
+        self.injection = injection
         self.injection.install(llm)
+        if special_tokens:
+            llm.add_special_tokens(special_tokens)
+        llm.dropout_in_training = llm_dropout
         apply_llm_tuning(llm, preset.llm_tuning, **(llm_tuning_options or {}))
         if compile_llm:
             llm.compile_layers()
@@ -73,7 +81,8 @@ class PerceptualLM(nn.Module):
         self.max_new_tokens, self.num_beams, self.stop_strings = max_new_tokens, num_beams, stop_strings
         self.options = {"llm_tuning_options": llm_tuning_options, "freeze_connector": freeze_connector,
                         "label_smoothing": label_smoothing, "itc_weight": itc_weight, "max_new_tokens": max_new_tokens,
-                        "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm}
+                        "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm,
+                        "special_tokens": special_tokens, "llm_dropout": llm_dropout}
         # decoding ends at any of these: EOS, and a chat template's end-of-turn (the data adds it)
         self.stop_token_ids: list[int] = [llm.eos_token_id]
 
@@ -191,11 +200,12 @@ class PerceptualLM(nn.Module):
 
     # -- the splice of perception into the text ----------------------------------------------------------
     def prefix(self, visual: Tensor) -> Tensor:
-        """Everything placed at the media position: prompt tokens, then prefix perception."""
-        parts = [self.prompt(visual.shape[0]).to(visual.dtype)] if self.prompt is not None else []
+        """Everything placed at the media position: prefix perception, then the prompt tokens
+        (DePALM's order: ``[perception; prompt; text]``)."""
         injected = self.injection.prefix(visual)
-        if injected is not None:
-            parts.append(injected)
+        parts = [injected] if injected is not None else []
+        if self.prompt is not None:
+            parts.append(self.prompt(visual.shape[0]).to(injected.dtype if injected is not None else visual.dtype))
         if not parts:
             return visual.new_zeros(visual.shape[0], 0, self.llm.hidden_size)
         return torch.cat(parts, dim=1)

@@ -50,7 +50,7 @@ def test_registries_hold_the_contracts():
 
 
 def test_builders_name_the_valid_choices(tiny_llm):
-    with pytest.raises(ValueError, match=r"unknown injection 'middle'; valid: \['cross_attention', 'inner', 'prefix'\]"):
+    with pytest.raises(ValueError, match=r"unknown injection 'middle'; valid: \['cross_attention', 'inner', 'prefix', 'shared_cross_attention'\]"):
         build_injection("middle")
     with pytest.raises(ValueError, match=r"injection 'prefix' takes no option\(s\) \['start'\]; valid: \[\]"):
         build_injection("prefix", start=0.5)

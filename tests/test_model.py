@@ -38,7 +38,7 @@ def test_presets_listed_and_unknown_rejected(tiny_encoder, tiny_llm):
 def test_structure_and_trainable_count(tiny_encoder, tiny_llm):
     module = _module(tiny_encoder, tiny_llm)
     assert module.num_visual_tokens == 32
-    D, W, H, Q, n, P = tiny_encoder.embed_dim, tiny_encoder.embed_dim, tiny_llm.hidden_size, 32, 2, 1
+    D, W, H, Q, n, P = tiny_encoder.embed_dim, 1024, tiny_llm.hidden_size, 32, 2, 1  # DePALM's 1024-wide mapper
     # The formula documented on the preset (post-norm layer: attention 4W^2+4W, FFN 2W^2+3W, norms 4W).
     expected = D * W + W + Q * W + n * (4 * W * W + 4 * W + 2 * W * W + W + W + 4 * W) + W * H + H + P * H
     assert module.num_trainable_parameters == expected

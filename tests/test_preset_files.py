@@ -46,7 +46,7 @@ prompt_tokens: 2
 llm_tuning: frozen
 trainable_formula: >-
   D*W+W (input Linear) + Q*W (queries) + n*(4*W*W+4*W + 2*W*W+2*W + 4*W) (post-norm layers) + W*H+H
-  (output Linear) + P*H (prompt tokens) + X*2*H (scale and bias per target layer)
+  (output Linear) + P*H (prompt tokens) + X*3*H (RMSNorm weight, scale and bias per target layer)
 """
 
 
@@ -129,7 +129,7 @@ BROKEN = [
     ({"paper": None}, r"missing key\(s\) \['paper'\]"),
     ({"connector": {"type": "perceiver"}}, r"unknown connector type 'perceiver'; valid: \['clipcap', 'mapping'"),
     ({"connector": {"transformer": "qpmapper", "latents": 4}}, r"connector type 'mapping' takes no argument\(s\) \['latents'\]; valid:"),
-    ({"injection": "middle"}, r"unknown injection 'middle'; valid: \['cross_attention', 'inner', 'prefix'\]"),
+    ({"injection": "middle"}, r"unknown injection 'middle'; valid: \['cross_attention', 'inner', 'prefix', 'shared_cross_attention'\]"),
     ({"injection_options": {"depth": 3}}, r"injection 'inner' takes no option\(s\) \['depth'\]; valid: \['layers', 'start'"),
     ({"llm_tuning": "qlora"}, r"llm_tuning='qlora' is unknown; valid: \['frozen', 'lora', 'norms', 'full'\]"),
     ({"stages": {"instruct": {"llm_tuning": "half"}}}, r"stages.instruct.llm_tuning='half' is unknown; valid: \['frozen'"),

@@ -158,7 +158,7 @@ def test_llm_families(name, family, tiny_encoder):
 def test_inner_injection_spreads_encoder_layers_and_maps_each_once(tiny_encoder, tiny_llm):
     llm = zoo.load_llm("test-tiny-llama", num_hidden_layers=8)
     module = PerceptualLM.build("depalm-qp-inner", tiny_encoder, llm, connector={"width": 32, "num_queries": 4}).eval()
-    assert module.injection.layer_indices == [4, 5, 6]  # 0.5-0.875 of 8 layers
+    assert module.injection.layer_indices == [4, 5, 6]  # 17/32-29/32 of 8 layers
     calls = []
     module.connector.register_forward_hook(lambda m, args, out: calls.append(out.shape))
     e = batch(module, train=False)
@@ -169,8 +169,12 @@ def test_inner_injection_spreads_encoder_layers_and_maps_each_once(tiny_encoder,
         # 4 encoder layers over 3 LLM layers in proportion: layers 0, 1, 2 of the 4
         expected = [visual[:, 0], visual[:, 1], visual[:, 2]]
         for slot, tokens in enumerate(expected):
-            normed = torch.nn.functional.rms_norm(tokens, (llm.hidden_size,))
-            assert torch.allclose(module.injection.tokens(slot), normed * module.injection.scale[slot] + module.injection.bias[slot])
+            injection = module.injection
+            with torch.no_grad():  # DePALM's per-layer RMSNorm (eps 1e-4, with a weight), scale and bias
+                injection.norm_weight[slot].uniform_(0.5, 1.5)
+                injection.bias[slot].normal_()
+            normed = torch.nn.functional.rms_norm(tokens, (llm.hidden_size,), eps=1e-4) * injection.norm_weight[slot]
+            assert torch.allclose(injection.tokens(slot), normed * injection.scale[slot] + injection.bias[slot])
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -11,8 +11,9 @@ class QPMapper(nn.Module):
     """Self-attention over ``[perceptual tokens; queries]``; the outputs at the query positions are
     the summary tokens.
 
-    Defaults follow DePALM: queries ~ N(0, 1), 8 heads, FFN width equal to ``width``, GELU,
-    dropout 0.1, LayerNorm eps 1e-4, post-norm layers.
+    Defaults follow DePALM: queries ~ N(0, 1), 8 heads, FFN width equal to ``width``, GELU
+    (``activation=None``: a linear FFN, as DePALM's resamplers run it), dropout 0.1, LayerNorm eps
+    1e-4, post-norm layers.
     """
 
     def __init__(
@@ -24,6 +25,7 @@ class QPMapper(nn.Module):
         ffn_width: int | None = None,
         dropout: float = 0.1,
         layer_norm_eps: float = 1e-4,
+        activation: str | None = "gelu",
     ) -> None:
         super().__init__()
         if width % num_heads:
@@ -35,7 +37,7 @@ class QPMapper(nn.Module):
             nhead=num_heads,
             dim_feedforward=ffn_width or width,
             dropout=dropout,
-            activation="gelu",
+            activation=activation if activation is not None else nn.Identity(),
             layer_norm_eps=layer_norm_eps,
             batch_first=True,
             norm_first=False,

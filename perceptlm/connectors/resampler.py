@@ -1,10 +1,12 @@
-"""Token resampler (DePALM §3.2, "R-avgpool / R-linear / R-QPMapper / R-rand"): the CLS token is
-kept, the patch tokens are reduced 4x, then RMSNorm -> Linear to the LLM width.
+"""Token resampler (DePALM §3.2, "R-avgpool / R-linear / R-QPMapper / R-rand"), as DePALM's released
+``TokensResampler`` runs it: an optional input Linear to the working width (every token, CLS
+included), the CLS token kept, the patch tokens reduced 4x, RMSNorm (eps 1e-4) over [CLS; reduced],
+an optional global QPMapper, then a Linear to the LLM width.
 
 Grouping: 2x2 spatial windows when the features have a 2-D ``grid`` (images), else 4 consecutive
 tokens (1-D sequences such as audio frames). A grid side or a sequence length that is not a multiple
 of the window is *padded* (ceil), never cropped: the last window row/column (or group) holds fewer
-real tokens and the reductions only use those (masked mean, zeros in the concatenation, key padding
+real tokens and the reductions only use those (masked mean, zeros in the concatenations, key padding
 for the QPMapper). E.g. 7x7 -> 4x4 windows, 16x16 -> 8x8 (CLIP-L/14: 257 tokens -> 1 + 64 = 65).
 """
 
@@ -22,6 +24,7 @@ from perceptlm.encoders.base import PerceptualFeatures
 
 ResamplerMode = Literal["avgpool", "linear", "qpmapper", "rand"]
 MODES: tuple[str, ...] = ("avgpool", "linear", "qpmapper", "rand")
+AVERAGES: tuple[str, ...] = ("channels", "tokens")
 
 
 def group_tokens(tokens: Tensor, mask: Tensor, grid: tuple[int, int] | None, reduction: int = 4) -> tuple[Tensor, Tensor]:
@@ -73,17 +76,23 @@ def sample_keep_fraction(mean: float = 0.25, std: float = 0.2, low: float = 1 / 
 
 
 class TokenResampler(Connector):
-    """DePALM §3.2 R-* token resampler: CLS kept; patch groups reduced by ``mode``:
+    """DePALM §3.2 R-* token resampler. Patch groups are reduced by ``mode``:
 
-    - ``avgpool``: mean of each group's real tokens;
-    - ``linear``: concatenation -> Linear(4d -> d);
-    - ``qpmapper``: a :class:`QPMapper` (one learned query, ``num_layers`` layers) run on each group
-      separately, so the query attends within its group only;
+    - ``avgpool``: ``average="channels"`` (DePALM's released operator, which produced the paper's
+      R-avgpool row): ``AvgPool1d(4)`` over the channels of each token of a window, the window's 4
+      pooled tokens (``width/4`` channels each) concatenated into one; ``average="tokens"``: the
+      mean of the window's tokens, as the paper's text describes;
+    - ``linear``: concatenation -> Linear(4W -> W);
+    - ``qpmapper``: a :class:`QPMapper` (one learned query, ``num_layers`` layers, FFN ``activation``;
+      DePALM's resampler runs it with a linear FFN) on each group separately;
     - ``rand``: no grouping; in training a random subset of the patch tokens is kept (one subset per
       batch, order preserved; fraction from :func:`sample_keep_fraction`); at evaluation ALL tokens.
 
-    Then RMSNorm over [CLS; reduced] and a Linear to the LLM width (CLS shares that projection, as in
-    DePALM's resampler config: ``project_cls`` with an empty input MLP).
+    ``width``: the working width W, reached by an input Linear applied to every token first (DePALM's
+    ``adapter.embed_dim``: ``"llm"`` for the LLM width as its R-linear / R-avgpool scripts set, an
+    integer such as 768 for R-QPMapper, None for the feature width without a Linear as R-rand).
+    ``global_layers`` > 0 adds a QPMapper with one query over all the resampled tokens (DePALM's
+    low-data R-QPMapper scripts: one token reaches the LLM). Then a Linear to the LLM width.
     """
 
     def __init__(
@@ -91,11 +100,15 @@ class TokenResampler(Connector):
         in_dim: int,
         out_dim: int,
         mode: ResamplerMode = "avgpool",
+        width: int | Literal["llm"] | None = None,
+        average: Literal["channels", "tokens"] = "channels",
         reduction: int = 4,
         num_layers: int = 4,
         num_heads: int = 8,
         dropout: float = 0.1,
-        norm_eps: float = 1e-6,
+        activation: str | None = "gelu",
+        global_layers: int = 0,
+        norm_eps: float = 1e-4,
         keep_mean: float = 0.25,
         keep_std: float = 0.2,
         keep_min: float = 1 / 16,
@@ -105,29 +118,46 @@ class TokenResampler(Connector):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"resampler mode={mode!r} is unknown; valid: {MODES}")
-        self.in_dim, self.out_dim, self.mode, self.reduction = in_dim, out_dim, mode, reduction
+        if average not in AVERAGES:
+            raise ValueError(f"resampler average={average!r} is unknown; valid: {AVERAGES}")
+        if isinstance(width, str) and width != "llm":
+            raise ValueError(f"resampler width={width!r} is unknown; valid: an integer, 'llm' (the LLM width), None")
+        working = out_dim if width == "llm" else (width or in_dim)
+        if mode == "avgpool" and average == "channels" and working % reduction:
+            raise ValueError(f"channel average pooling needs a width divisible by reduction={reduction}; got {working}")
+        self.in_dim, self.out_dim, self.width, self.mode, self.reduction = in_dim, out_dim, working, mode, reduction
+        self.average = average
         self.keep = dict(mean=keep_mean, std=keep_std, low=keep_min, high=keep_max, full_probability=full_probability)
+        self.input: nn.Module = nn.Linear(in_dim, working) if width is not None else nn.Identity()
         self.pool: nn.Module | None = None
         if mode == "linear":
-            self.pool = nn.Linear(reduction * in_dim, in_dim)
+            self.pool = nn.Linear(reduction * working, working)
         elif mode == "qpmapper":
-            self.pool = QPMapper(in_dim, num_queries=1, num_layers=num_layers, num_heads=num_heads, dropout=dropout)
-        self.norm = nn.RMSNorm(in_dim, eps=norm_eps)
-        self.output = nn.Linear(in_dim, out_dim)
+            self.pool = QPMapper(working, num_queries=1, num_layers=num_layers, num_heads=num_heads, dropout=dropout,
+                                 activation=activation)
+        self.norm = nn.RMSNorm(working, eps=norm_eps)
+        self.summary: QPMapper | None = None
+        if global_layers:
+            self.summary = QPMapper(working, num_queries=1, num_layers=global_layers, num_heads=num_heads,
+                                    dropout=dropout, activation=activation)
+        self.output = nn.Linear(working, out_dim)
 
     def num_output_tokens(
         self, num_tokens: int, grid: tuple[int, int] | None = None, has_cls: bool = True, num_layers: int = 1
     ) -> int:
-        """Evaluation count: per layer, CLS + one token per group (``rand``: all tokens)."""
+        """Evaluation count: per layer, CLS + one token per group (``rand``: all tokens; one token
+        with the global QPMapper)."""
         per_layer, rest = divmod(num_tokens, num_layers)
         if rest:
             raise ValueError(f"{num_tokens} tokens do not split over {num_layers} layers")
+        if self.summary is not None:
+            return num_layers
         patches = per_layer - int(has_cls)
         kept = patches if self.mode == "rand" or patches == 0 else num_groups(patches, grid, self.reduction)
         return num_layers * (kept + int(has_cls))
 
     def reduce(self, patches: Tensor, mask: Tensor, grid: tuple[int, int] | None) -> Tensor:
-        """Patch tokens ``[B, P, D]`` -> reduced tokens ``[B, K, D]``."""
+        """Patch tokens ``[B, P, W]`` -> reduced tokens ``[B, K, W]``."""
         if self.mode == "rand":
             if not self.training:
                 return patches
@@ -137,18 +167,20 @@ class TokenResampler(Connector):
             return patches[:, chosen]
         groups, valid = group_tokens(patches, mask, grid, self.reduction)
         batch, count, size, dim = groups.shape
-        if self.mode == "avgpool":
+        if self.mode == "avgpool" and self.average == "tokens":
             weights = valid.unsqueeze(-1).to(groups.dtype)
             return (groups * weights).sum(2) / weights.sum(2).clamp(min=1)
+        groups = groups * valid.unsqueeze(-1).to(groups.dtype)  # padding positions hold zeros
+        if self.mode == "avgpool":  # AvgPool1d(reduction) over each token's channels, tokens concatenated
+            return groups.unflatten(-1, (dim // self.reduction, self.reduction)).mean(-1).reshape(batch, count, dim)
         if self.mode == "linear":
-            groups = groups * valid.unsqueeze(-1).to(groups.dtype)
             return self.pool(groups.reshape(batch, count, size * dim))
         out = self.pool(groups.reshape(batch * count, size, dim), valid.reshape(batch * count, size))
         return out.reshape(batch, count, dim)
 
     def forward(self, features: PerceptualFeatures) -> Tensor:
-        batch, layers, count, dim = features.tokens.shape
-        tokens = features.tokens.reshape(batch * layers, count, dim)  # every layer resampled alike
+        batch, layers, count, _ = features.tokens.shape
+        tokens = self.input(features.tokens.reshape(batch * layers, count, -1))  # every layer resampled alike
         mask = features.mask.repeat_interleave(layers, dim=0)
         keep = torch.ones(count, dtype=torch.bool, device=tokens.device)
         parts = []
@@ -158,6 +190,8 @@ class TokenResampler(Connector):
         patches, patch_mask = tokens[:, keep], mask[:, keep]
         if patches.shape[1]:
             parts.append(self.reduce(patches, patch_mask, features.grid))
-        hidden = torch.cat(parts, dim=1)
-        hidden = hidden.reshape(batch, layers * hidden.shape[1], dim)
-        return self.output(self.norm(hidden))
+        hidden = self.norm(torch.cat(parts, dim=1))
+        if self.summary is not None:
+            hidden = self.summary(hidden)
+        hidden = hidden.reshape(batch, layers * hidden.shape[1], self.width)
+        return self.output(hidden)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+from typing import Sequence
 
 from torch import Tensor, nn
 
@@ -48,8 +49,41 @@ class Injection(nn.Module, metaclass=abc.ABCMeta):
         """How many of ``num_visual_tokens`` perceptual tokens this injection places at the LLM
         input (all for a prefix, 0 for per-layer injections)."""
 
+    def token_width(self, llm_hidden: int) -> int:
+        """The width of the tokens this injection takes from the connector: the LLM's hidden size,
+        unless the injection maps them itself (DePALM c-attn's 1024-wide cross-attention)."""
+        return llm_hidden
+
     def num_perceptual_tokens(self, connector_tokens: int) -> int:
         """The perceptual tokens the LLM receives (per target layer for per-layer injections) when
         the connector yields ``connector_tokens``: those tokens, unless the injection turns them
         into others (LLaMA-Adapter's adaption prompts)."""
         return connector_tokens
+
+
+def target_layers(depth: int, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875,
+                  every: int = 1, last: int | None = None, count: int | None = None) -> list[int]:
+    """The 0-based LLM layers a per-layer injection targets, by the first of:
+
+    - ``layers``: explicit indices (negative ones count from the end), validated against ``depth``;
+    - ``last`` and ``count``: ``count`` consecutive layers ending at ``last`` included, DePALM's
+      ``target.to_idx`` / ``n_elements`` (``last=-4, count=12`` on 32 layers: 17-28; eP-ALM's
+      ``last=-4, count=6``: 23-28);
+    - every ``every``-th layer of ``[start*depth, end*depth)`` (Flamingo: the whole depth, every 4th).
+    """
+    if layers is not None:
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(f"target layers {bad} are beyond the LLM's depth {depth}; valid: 0..{depth - 1}")
+        return sorted({i % depth for i in layers})
+    if last is not None or count is not None:
+        if last is None or count is None or count < 1 or not -depth <= last < depth:
+            raise ValueError(f"need both last (in {-depth}..{depth - 1}) and count >= 1; got last={last}, count={count}")
+        final = last % depth
+        if final - count + 1 < 0:
+            raise ValueError(f"{count} layers ending at layer {final} do not fit in the LLM's {depth} layers")
+        return list(range(final - count + 1, final + 1))
+    if not 0 <= start < end <= 1 or every < 1:
+        raise ValueError(f"need 0 <= start < end <= 1 and every >= 1; got start={start}, end={end}, every={every}")
+    first, final = int(start * depth), max(int(start * depth) + 1, int(round(end * depth)))
+    return list(range(first, min(final, depth), every))

@@ -1,11 +1,11 @@
-"""Gated cross-attention before LLM layers: DePALM §3.3 "c-attn" and Flamingo (Alayrac et al. 2022).
+"""Gated cross-attention dense blocks before LLM layers: Flamingo (Alayrac et al. 2022 §2.2).
 
-Each target layer gets a block applied to its input hidden state through a forward pre-hook (a
-public ``nn.Module`` extension point; the LLM's code is untouched): queries from the hidden state,
+Each target layer gets its own block applied to its input hidden state through a forward pre-hook
+(a public ``nn.Module`` extension point; the LLM's code is untouched): queries from the hidden state,
 keys/values from the perceptual tokens, output scaled by ``tanh(gate)`` with the gate at 0, so the
 LLM is unchanged at initialisation. Text positions attend only to perceptual tokens, never to other
-text positions, so the block is causal; no dropout is applied at evaluation (DePALM's code leaks
-future tokens and keeps dropout at test time: not repeated here).
+text positions, so the block is causal. DePALM's "c-attn" (one small block shared by the target
+layers) is :mod:`perceptlm.injection.shared_cross_attention`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from perceptlm.injection.base import Injection
+from perceptlm.injection.base import Injection, target_layers
 from perceptlm.llm.language_model import LanguageModel
 
 
@@ -38,27 +38,14 @@ class GatedCrossAttentionBlock(nn.Module):
         return hidden + torch.tanh(self.ffn_gate).to(hidden.dtype) * self.ffn(self.ffn_norm(hidden))
 
 
-def target_layers(depth: int, layers: Sequence[int] | None, start: float, end: float, every: int) -> list[int]:
-    """Explicit ``layers`` (validated against ``depth``) or every ``every``-th layer in
-    ``[start*depth, end*depth)`` (DePALM: layers 17-28 of 32 -> start 0.5, end 0.875)."""
-    if layers is not None:
-        bad = [i for i in layers if not -depth <= i < depth]
-        if bad:
-            raise ValueError(f"cross-attention layers {bad} are beyond the LLM's depth {depth}; valid: 0..{depth - 1}")
-        return sorted({i % depth for i in layers})
-    if not 0 <= start < end <= 1 or every < 1:
-        raise ValueError(f"need 0 <= start < end <= 1 and every >= 1; got start={start}, end={end}, every={every}")
-    first, last = int(start * depth), max(int(start * depth) + 1, int(round(end * depth)))
-    return list(range(first, min(last, depth), every))
-
-
 class CrossAttentionInjection(Injection):
     """Gated cross-attention blocks before the target layers, reading :meth:`context`'s tokens."""
 
     def __init__(self, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875,
-                 every: int = 1, num_heads: int = 8, ffn_mult: int = 4) -> None:
+                 every: int = 1, last: int | None = None, count: int | None = None, num_heads: int = 8,
+                 ffn_mult: int = 4) -> None:
         super().__init__()
-        self.options = dict(layers=layers, start=start, end=end, every=every)
+        self.options = dict(layers=layers, start=start, end=end, every=every, last=last, count=count)
         self.num_heads, self.ffn_mult = num_heads, ffn_mult
         self.blocks = nn.ModuleDict()
         self._visual: Tensor | None = None

@@ -3,7 +3,8 @@
 - DePALM §3.3 "inner" (and its "QP, inner" preset): the tokens of encoder layer ``e`` are prepended
   inside the LLM layers assigned to ``e`` and removed at their output, so they only add keys and
   values there; encoder layers are spread over the target LLM layers in proportion (4 encoder layers
-  -> 12 LLM layers: 3 each); optional per-layer RMSNorm + learned scale and bias on the tokens.
+  -> 12 LLM layers: 3 each); optional per-layer RMSNorm (with its weight, eps 1e-4) + learned scale
+  and bias on the tokens, as DePALM's ``token_norm`` and ``bias_tuning``.
 - eP-ALM (Shukor et al. 2023 §3): one CLS token per encoder layer, "replaced at each layer" of a block
   of upper LLM layers: a token that is replaced at the next layer only ever contributes its
   keys/values at the layer it enters, which is exactly this mechanism.
@@ -12,37 +13,50 @@
   a zero-initialised ``tanh`` gate per head: the LLM is unchanged at initialisation.
 
 Tokens entering a layer pass through its input norm (``llm_norm=True``, as prepended tokens would);
-LLaMA-Adapter's prompts feed the projections directly (``llm_norm=False``). Keys carry no position.
-The mechanism lives in :mod:`perceptlm.llm.attention` (transformers' attention registry).
+LLaMA-Adapter's prompts feed the projections directly (``llm_norm=False``).
+
+Positions (``key_positions``): DePALM prepends the K tokens inside the layer and renumbers the
+layer's positions from 0, so with rotary position embeddings the tokens sit at 0..K-1 and the text
+right after them. Rotary attention depends on position differences only, so ``"before_text"`` rotates
+the extra keys at positions -K..-1 and leaves the text's own positions alone: the same attention
+scores, with the KV cache of the text untouched. LLMs with learned absolute positions (OPT) add
+them at the input only, so the tokens carry none there, as in DePALM. ``"none"``: keys without
+position (LLaMA-Adapter's prompts). The mechanism lives in :mod:`perceptlm.llm.attention`
+(transformers' attention registry).
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+import importlib
+from typing import Iterator, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceptlm.injection.base import Injection
-from perceptlm.injection.cross_attention import target_layers
+from perceptlm.injection.base import Injection, target_layers
 from perceptlm.llm import attention
 from perceptlm.llm.language_model import LanguageModel
 
 
 class InnerInjection(Injection):
     """Per-layer keys/values from perceptual tokens ``[B, E, K, H]`` (``E`` encoder layers, each
-    mapped separately by the connector) in the target layers (explicit ``layers``, or every
-    ``every``-th layer of ``[start, end)`` of the depth)."""
+    mapped separately by the connector) in the target layers (:func:`target_layers`: explicit
+    ``layers``, DePALM's ``last``/``count``, or every ``every``-th layer of ``[start, end)``)."""
 
     per_encoder_layer = True
 
     def __init__(self, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875, every: int = 1,
-                 token_norm: bool = False, llm_norm: bool = True, gated: bool = False, adaption_prompts: int = 0) -> None:
+                 last: int | None = None, count: int | None = None, token_norm: bool = False,
+                 norm_eps: float = 1e-4, llm_norm: bool = True, gated: bool = False, adaption_prompts: int = 0,
+                 key_positions: Literal["none", "before_text"] = "none") -> None:
         super().__init__()
-        self.options = dict(layers=layers, start=start, end=end, every=every)
-        self.token_norm, self.llm_norm, self.gated = token_norm, llm_norm, gated
-        self.num_prompts = adaption_prompts
+        if key_positions not in ("none", "before_text"):
+            raise ValueError(f"key_positions={key_positions!r} is unknown; valid: 'none', 'before_text'")
+        self.options = dict(layers=layers, start=start, end=end, every=every, last=last, count=count)
+        self.token_norm, self.norm_eps, self.llm_norm, self.gated = token_norm, norm_eps, llm_norm, gated
+        self.num_prompts, self.key_positions = adaption_prompts, key_positions
         self._visual: Tensor | None = None
         self._key_values: dict[int, tuple[Tensor, Tensor]] = {}
         self._slots: dict[int, int] = {}
@@ -51,8 +65,8 @@ class InnerInjection(Injection):
         self._llm = [llm]  # a reference, not a submodule: the frozen LLM stays out of this state dict
         self.layer_indices = target_layers(llm.num_layers, **self.options)
         count, hidden = len(self.layer_indices), llm.hidden_size
-        if self.token_norm:  # DePALM: per-layer RMSNorm, then a learned scale and bias
-            self.norm = nn.RMSNorm(hidden, elementwise_affine=False)
+        if self.token_norm:  # DePALM: per-layer RMSNorm (its weight), then a learned scale and bias
+            self.norm_weight = nn.Parameter(torch.ones(count, hidden))
             self.scale = nn.Parameter(torch.ones(count, hidden))
             self.bias = nn.Parameter(torch.zeros(count, hidden))
         if self.gated:
@@ -72,7 +86,8 @@ class InnerInjection(Injection):
         encoder_layer = slot * visual.shape[1] // len(self.layer_indices)
         tokens = visual[:, encoder_layer]
         if self.token_norm:
-            tokens = self.norm(tokens) * self.scale[slot] + self.bias[slot]
+            tokens = F.rms_norm(tokens, (tokens.shape[-1],), self.norm_weight[slot], self.norm_eps)
+            tokens = tokens * self.scale[slot] + self.bias[slot]
         if self.num_prompts:
             tokens = self.prompts[slot].unsqueeze(0) + tokens.mean(dim=1, keepdim=True)
         return tokens
@@ -85,7 +100,10 @@ class InnerInjection(Injection):
             llm = self._llm[0]
             layer = llm.layers[self.layer_indices[slot]]
             tokens = self.tokens(slot).to(next(layer.parameters()).dtype)
-            self._key_values[slot] = llm.adapter.key_values(layer, tokens, normalise=self.llm_norm)
+            keys, values = llm.adapter.key_values(layer, tokens, normalise=self.llm_norm)
+            if self.key_positions == "before_text":
+                keys = rotate_before_text(llm, layer, keys)
+            self._key_values[slot] = keys, values
         keys, values = self._key_values[slot]
         return keys, values, self.gates[slot] if self.gated else None
 
@@ -114,3 +132,22 @@ class InnerInjection(Injection):
         if self._visual is not None:
             self._visual = self._visual.repeat_interleave(num_beams, dim=0)
             self._key_values = {}
+
+
+def rotate_before_text(llm: LanguageModel, layer: nn.Module, keys: Tensor) -> Tensor:
+    """Keys ``[B, Hkv, K, d]`` of K tokens placed right before the text, rotated with the LLM's own
+    rotary embedding at positions -K..-1 (the text starts at 0); unchanged for LLMs without rotary
+    embeddings (learned absolute positions are added at the input only)."""
+    rotary = getattr(llm.base, "rotary_emb", None)
+    if rotary is None:
+        return keys
+    attention = getattr(layer, llm.adapter.attention)
+    apply = getattr(importlib.import_module(type(attention).__module__), "apply_rotary_pos_emb", None)
+    if apply is None:
+        raise ValueError(f"{type(attention).__name__} has rotary embeddings but no apply_rotary_pos_emb in its module; "
+                         f"use key_positions='none' for this LLM")
+    count = keys.shape[2]
+    positions = torch.arange(-count, 0, device=keys.device)[None]
+    cos, sin = rotary(keys, positions)
+    rotated, _ = apply(keys, keys, cos, sin)
+    return rotated

@@ -10,10 +10,12 @@ from perceptlm.injection.base import Injection
 from perceptlm.injection.cross_attention import CrossAttentionInjection
 from perceptlm.injection.inner import InnerInjection
 from perceptlm.injection.prefix import PrefixInjection
+from perceptlm.injection.shared_cross_attention import SharedCrossAttentionInjection
 
 INJECTIONS: dict[str, type[Injection]] = {
     "prefix": PrefixInjection,  # DePALM §3.3 L0: tokens before the text at the LLM input
-    "cross_attention": CrossAttentionInjection,  # DePALM §3.3 c-attn, Flamingo: gated cross-attention blocks
+    "cross_attention": CrossAttentionInjection,  # Flamingo: a gated cross-attention dense block per target layer
+    "shared_cross_attention": SharedCrossAttentionInjection,  # DePALM §3.3 c-attn: one block shared by the layers
     "inner": InnerInjection,  # DePALM §3.3 inner, eP-ALM, LLaMA-Adapter: keys/values inside upper layers
 }
 

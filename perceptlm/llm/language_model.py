@@ -41,6 +41,7 @@ class LanguageModel(nn.Module):
         self.name = name
         self.adapter = adapter_for(model.config.model_type)
         self.trainable = trainable
+        self.dropout_in_training = False  # DePALM runs its frozen OPT in train mode: dropout, no gradient
         if tokenizer.pad_token_id is None:
             # Padding positions are masked out; any id works, EOS is the usual choice.
             tokenizer.pad_token = tokenizer.eos_token
@@ -49,8 +50,20 @@ class LanguageModel(nn.Module):
             self.eval()
 
     def train(self, mode: bool = True) -> "LanguageModel":
-        # Frozen LLMs stay in eval mode (no dropout) even inside ``trainer.fit``.
-        return super().train(mode and self.trainable)
+        # Frozen LLMs stay in eval mode (no dropout) inside ``trainer.fit`` unless ``dropout_in_training``.
+        return super().train(mode and (self.trainable or self.dropout_in_training))
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Add ``tokens`` to the tokenizer as special tokens (never split) and return their ids;
+        the embedding matrix grows (new rows frozen like the rest) only when the ids exceed it
+        (OPT-6.7B has spare rows: DePALM's ``</a>`` answer token takes id 50265 of 50272)."""
+        self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                          replace_additional_special_tokens=False)
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > rows:
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            self.requires_grad_(self.trainable)
+        return self.tokenizer.convert_tokens_to_ids(list(tokens))
 
     # -- structure -----------------------------------------------------------------------------
     @property

@@ -20,7 +20,8 @@ from perceptlm.training.evaluation import Evaluator, log_predictions, write_test
 # The constructor arguments that define the model (PerceptualLM.build); the rest are run options.
 MODEL_ARGUMENTS = ("preset", "encoder", "llm", "stage", "features", "connector", "injection", "injection_options",
                    "prompt_tokens", "llm_tuning", "llm_tuning_options", "freeze_connector", "label_smoothing",
-                   "itc_weight", "max_new_tokens", "num_beams", "stop_strings", "compile_llm")
+                   "itc_weight", "max_new_tokens", "num_beams", "stop_strings", "compile_llm", "special_tokens",
+                   "llm_dropout")
 
 
 class InterfaceModule(LightningModule):
@@ -32,8 +33,10 @@ class InterfaceModule(LightningModule):
     ``stage`` ("align" | "instruct") applies the preset's two-stage recipe (``llm_tuning`` and
     ``freeze_connector`` override it) and ``init_from`` (a checkpoint or ``save_pretrained`` folder)
     copies an earlier stage's trainable weights; decoding ``max_new_tokens``, ``num_beams``,
-    ``stop_strings``; ``compile_llm``; ``itc_weight`` (BLIP-2's contrastive loss). See
-    :class:`PerceptualLM`. Optimisation follows DePALM: AdamW (``lr`` 8e-4, ``weight_decay`` 0.1,
+    ``stop_strings``; ``compile_llm``; ``itc_weight`` (BLIP-2's contrastive loss); ``special_tokens``,
+    ``llm_dropout``. See :class:`PerceptualLM`. Optimisation follows DePALM: AdamW (``lr`` 8e-4,
+    ``weight_decay`` 0.1 on matrices, or on every trainable tensor with ``decay_all_parameters`` as
+    DePALM's released optimiser,
     ``adam_eps`` 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``,
     then cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002. ``llm_lr`` is the learning rate
     of tuned LLM weights (default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5).
@@ -53,6 +56,7 @@ class InterfaceModule(LightningModule):
         stop_strings: list[str] | None = None, eval_blind: bool = False, nonfinite_loss: str = "stop",
         max_skipped_fraction: float = 0.01, stage: str | None = None, init_from: str | None = None,
         freeze_connector: bool | None = None, compile_llm: bool = False, itc_weight: float = 0.0,
+        special_tokens: list[str] | None = None, llm_dropout: bool = False, decay_all_parameters: bool = False,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
@@ -119,7 +123,8 @@ class InterfaceModule(LightningModule):
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
-        optimizer = optimization.adamw(self.model, h.lr, h.weight_decay, h.adam_eps, self.llm_lr)
+        optimizer = optimization.adamw(self.model, h.lr, h.weight_decay, h.adam_eps, self.llm_lr,
+                                       decay_all=h.decay_all_parameters)
         # The schedule spans max_steps when it is set, so a run stopped early by max_epochs (or a
         # pre-emption) and resumed follows the same learning-rate curve as an uninterrupted one.
         steps = self.trainer.max_steps

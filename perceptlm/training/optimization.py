@@ -9,13 +9,16 @@ import torch
 from torch import nn
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float, eps: float, llm_lr: float | None = None) -> torch.optim.AdamW:
-    """AdamW over ``model``'s trainable parameters in groups: weight decay on matrices only, and
-    ``llm_lr`` (when set) for tuned LLM weights (LoRA or full; names starting with ``llm.``)."""
+def adamw(model: nn.Module, lr: float, weight_decay: float, eps: float, llm_lr: float | None = None,
+          decay_all: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters in groups: weight decay on matrices only (biases,
+    norms, gates and single vectors exempt) or, with ``decay_all``, on every tensor (DePALM's
+    optimiser: one AdamW over all trainable parameters); ``llm_lr`` (when set) for tuned LLM weights
+    (LoRA or full; names starting with ``llm.``)."""
     groups: dict[tuple[bool, bool], list[torch.Tensor]] = {}  # (LLM weight, decayed) -> parameters
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups.setdefault((name.startswith("llm."), param.ndim >= 2), []).append(param)
+            groups.setdefault((name.startswith("llm."), decay_all or param.ndim >= 2), []).append(param)
     ordered = sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
     return torch.optim.AdamW(
         [{"params": params, "weight_decay": weight_decay if decayed else 0.0,

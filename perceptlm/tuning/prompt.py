@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 
 class PromptTokens(nn.Module):
-    """``num_tokens`` learned embeddings, initialised at the scale of the LLM's token embeddings."""
+    """``num_tokens`` learned embeddings, initialised ~N(0, ``init_std``^2) (DePALM: N(0, 1))."""
 
-    def __init__(self, num_tokens: int, hidden_size: int, init_std: float = 0.02) -> None:
+    def __init__(self, num_tokens: int, hidden_size: int, init_std: float = 1.0) -> None:
         super().__init__()
         self.num_tokens = num_tokens
         self.tokens = nn.Parameter(torch.randn(num_tokens, hidden_size) * init_std)
