@@ -120,7 +120,8 @@ TINY_TIMESFORMER = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=6
 def tiny_timesformer_encoder(temporal: str = "concat", num_frames: int | None = None,
                              **selection: Any) -> TimeSformerEncoder:
     """Zoo entry ``test-tiny-timesformer``: random-init (seeded) 4 blocks, width 64, 4 frames of 32 px,
-    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``)."""
+    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``); another
+    ``num_frames`` resizes its 4 time embeddings as for a checkpoint."""
     from transformers import TimesformerConfig, TimesformerModel
 
     model = _seeded(lambda: TimesformerModel(TimesformerConfig(**TINY_TIMESFORMER)))
