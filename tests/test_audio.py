@@ -95,6 +95,102 @@ def test_clap_grid_is_frequency_by_time_and_final_norm_last_stage_only(clap):
     assert (stage1.grid, stage1.embed_dim, stage1.num_layers) == ((8, 128), 32, 1)
 
 
+# -- CLAP's projected reading (DePALM's CLAP features) ------------------------------------------------
+@pytest.fixture(scope="module")
+def clap_projected():
+    return zoo.load_encoder("test-tiny-clap", output="projected")
+
+
+def test_clap_projected_shapes_unit_norm_and_one_layer(clap_projected):
+    encoder = clap_projected
+    assert (encoder.num_layers, encoder.num_raw_tokens, encoder.embed_dim) == (1, 1 + 64 * 16, 32)
+    assert encoder.has_cls and encoder.grid is None and encoder.output == "projected"
+    items = [encoder.preprocess((noise(1.0, 48000), 48000)), encoder.preprocess((noise(12.0, 48000), 48000))]
+    features = encoder(encoder.stack_media(items))
+    assert features.tokens.shape == (2, 1, 1025, 32) and features.cls_index == 0 and features.grid is None
+    torch.testing.assert_close(features.tokens.norm(dim=-1), torch.ones(2, 1, 1025))
+    # each of the 64 time tokens stands for the 16 interpolated frames it covers
+    frames = features.tokens[:, 0, 1:].unflatten(1, (64, 16))
+    assert torch.equal(frames, frames[:, :, :1].expand_as(frames))
+    # 1 s: 7 of 64 time tokens read audio (see the block mask test) -> 7 x 16 frame tokens + the global one
+    assert int(features.mask[0].sum()) == 1 + 7 * 16 and features.mask[0, : 1 + 7 * 16].all() and features.mask[1].all()
+    only_global = encoder.with_selection(tokens="cls")(encoder.stack_media(items))
+    torch.testing.assert_close(only_global.tokens, features.tokens[:, :, :1])
+    assert encoder.with_selection(tokens="patches").num_tokens == 1024
+    with pytest.raises(ValueError, match="1 readable layers"):
+        encoder.with_selection(layers=4)
+    with pytest.raises(ValueError, match="no final norm to leave out"):
+        encoder.with_selection(final_norm=False)
+    with pytest.raises(ValueError, match="last stage"):
+        zoo.load_encoder("test-tiny-clap", output="projected", stage=1, final_norm=False)
+    with pytest.raises(ValueError, match="output='loose' is unknown"):
+        zoo.load_encoder("test-tiny-clap", output="loose")
+
+
+def test_clap_projected_is_htsat_embedding_and_fine_grained_embedding_through_the_projection(clap, clap_projected):
+    """Token 0 = normalize(proj(mean of the normed last stage)); token 1 + f = normalize(proj(the
+    frequency mean of the normed last-stage grid at time f // 16)), computed here from the block
+    readout (a different path than the encoder's)."""
+    item = clap.preprocess((noise(3.0, 48000), 48000))
+    media = clap.stack_media([item])
+    last = clap.with_selection(layers=1)(media).tokens[:, 0]  # [B, F*T, D]: last block + norm, (frequency, time)
+    grid = last.unflatten(1, clap.grid)  # [B, 4, 64, D]
+    global_ = grid.flatten(1, 2).mean(1, keepdim=True)
+    fine = grid.mean(1).repeat_interleave(16, dim=1)  # HTS-AT's interpolate(): each time step repeated
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(clap_projected.projection(torch.cat([global_, fine], 1)), dim=-1)
+    torch.testing.assert_close(clap_projected(media).tokens[:, 0], expected)
+    assert clap.with_selection(layers=1, output="projected").num_raw_tokens == 1025  # a view of the block encoder
+
+
+def test_clap_projected_from_a_full_checkpoint_and_the_cli_features(tmp_path, audiocaps_root):
+    import transformers
+
+    from perceptlm.cli import cli
+    from perceptlm.encoders.clap_audio import clap_feature_extractor
+    from perceptlm.zoo import tiny_clap_model
+
+    audio = tiny_clap_model()
+    text = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    full = transformers.ClapModel(transformers.ClapConfig(text_config=text, audio_config=audio.config.to_dict(),
+                                                          projection_dim=32)).eval()
+    full.save_pretrained(tmp_path / "clap")
+    clap_feature_extractor(audio.config).save_pretrained(tmp_path / "clap")
+    encoder = zoo.load_encoder(f"clap:{tmp_path / 'clap'}", output="projected")
+    item = encoder.preprocess((noise(2.0, 48000), 48000))
+    features = encoder(encoder.stack_media([item]))
+    with torch.no_grad():  # CLAP's own audio embedding is the global token
+        reference = full.get_audio_features(input_features=item["input_features"][None]).pooler_output
+    torch.testing.assert_close(features.tokens[:, 0, 0], reference)
+    audio.save_pretrained(tmp_path / "tower")  # a bare audio tower has no projection
+    clap_feature_extractor(audio.config).save_pretrained(tmp_path / "tower")
+    assert zoo.load_encoder(f"clap:{tmp_path / 'tower'}").output == "blocks"
+    with pytest.raises(ValueError, match="needs CLAP's audio projection"):
+        zoo.load_encoder(f"clap:{tmp_path / 'tower'}", output="projected")
+    args = ["--config", str(CONFIGS / "mechanisms" / "depalm-qp-l0.yaml"),
+            "--config", str(CONFIGS / "data" / "audiocaps.yaml"),
+            "--model.init_args.encoder", "test-tiny-clap", "--model.init_args.llm", "test-tiny-llama",
+            "--model.init_args.features", '{"output": "projected", "padding": "sample_repeat"}',
+            "--data.init_args.data_root", str(audiocaps_root), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    model = cli(args, run=False).model.model
+    assert model.encoder.output == "projected" and model.encoder.padding == "sample_repeat"
+    assert (model.encoder.num_tokens, model.encoder.embed_dim) == (1025, 32)
+
+
+def test_sample_repeat_padding_stretches_short_clips_to_the_window():
+    from perceptlm.encoders.clap_audio import sample_repeat
+
+    assert sample_repeat(np.array([1.0, 2.0, 3.0]), 8).tolist() == [1, 1, 1, 1, 2, 2, 2, 2]  # x2, x2, first 8
+    assert sample_repeat(np.arange(10.0), 4).tolist() == [0, 1, 2, 3]  # long clips: the first samples
+    encoder = zoo.load_encoder("test-tiny-clap", padding="sample_repeat")
+    wave = noise(3.0, 48000)
+    item = encoder.preprocess((wave, 48000))
+    assert item["num_frames"] == 1001  # the window is full: no padding
+    direct = encoder.feature_extractor(sample_repeat(wave, 480_000), sampling_rate=48000, return_tensors="np")
+    torch.testing.assert_close(item["input_features"], torch.from_numpy(direct.input_features[0]).float())
+
+
 def test_checkpoint_folders_load_through_the_zoo_prefixes(tmp_path):
     import transformers
 

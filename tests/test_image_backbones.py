@@ -114,6 +114,83 @@ def test_open_clip_timm_tower_through_the_trunk(tmp_path):
     assert encoder.preprocess(_uniform()).shape == (3, 224, 224)  # open_clip's transform, not timm's
 
 
+def test_eva02_l14_structure_on_the_meta_device(monkeypatch):
+    """The full EVA02-CLIP-L tower, built without weights: DePALM's eva-clip-L geometry (24 blocks,
+    CLS + 16 x 16 tokens of 1024), and the same trunk as timm's eva02_large_patch14_clip_224.merged2b."""
+    import open_clip
+    import timm
+
+    create = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: create(*a, **{**k, "device": "meta"}))
+    with torch.device("meta"):
+        encoder = zoo.load_encoder("open_clip:EVA02-L-14", final_norm=False)
+        depalm = timm.create_model("eva02_large_patch14_clip_224.merged2b", pretrained=False, global_pool="",
+                                   num_classes=0)
+    assert isinstance(encoder, TimmEncoder) and encoder.kind == "vit"
+    assert (encoder.num_layers, encoder.embed_dim, encoder.grid, encoder.num_raw_tokens) == (24, 1024, (16, 16), 257)
+    assert encoder.has_cls and encoder.num_prefix == 1 and encoder.norm_name == "norm"
+    assert isinstance(encoder.model.norm, torch.nn.LayerNorm) and encoder.num_tokens == 257
+    ours = {k: tuple(v.shape) for k, v in encoder.model.state_dict().items() if not k.startswith("head.")}
+    assert ours == {k: tuple(v.shape) for k, v in depalm.state_dict().items()}
+    assert isinstance(depalm.norm, torch.nn.LayerNorm)  # present, and left out by DePALM's norm: null
+    assert encoder.preprocess(_uniform()).shape == (3, 224, 224)
+
+
+def test_eva02_l14_reading_on_a_scaled_down_trunk(monkeypatch):
+    """The EVA02-CLIP-L code path (open_clip tower, timm Eva with rope, SwiGLU, scaled attention and
+    MLP) at 2 blocks of width 64: raw block outputs as DePALM's block wrappers collect them, and the
+    final norm as the trunk's own."""
+    import timm
+
+    create = timm.create_model
+
+    def small(name, **kwargs):
+        if name.startswith("eva02_large_patch14_clip_224"):
+            kwargs.update(depth=2, embed_dim=64, num_heads=4)
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", small)
+    encoder = zoo.load_encoder("open_clip:EVA02-L-14", layers=2, final_norm=False)
+    trunk = encoder.model
+    assert (encoder.num_layers, encoder.embed_dim, encoder.num_raw_tokens) == (2, 64, 257)
+    images = _images(224)
+    collected = []
+    handles = [block.register_forward_hook(lambda m, i, o: collected.append(o)) for block in trunk.blocks]
+    with torch.no_grad():
+        final = trunk.forward_features(images)
+    for handle in handles:
+        handle.remove()
+    features = encoder(images)
+    assert features.tokens.shape == (2, 2, 257, 64) and features.cls_index == 0 and features.grid == (16, 16)
+    torch.testing.assert_close(features.tokens, torch.stack(collected, 1))  # no final norm
+    normed = encoder.with_selection(final_norm=True)(images).tokens
+    torch.testing.assert_close(normed[:, -1], final)  # the trunk's norm(last block)
+    with torch.no_grad():
+        torch.testing.assert_close(normed[:, 0], trunk.norm(collected[0]))
+    assert not torch.allclose(normed, features.tokens)
+
+
+def test_open_clip_resize_mode_squash(vit_b32):
+    squashed = zoo.load_encoder("open_clip:ViT-B-32", resize_mode="squash")
+    image = Image.new("RGB", (90, 30), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 30, 30))  # the left third white
+    assert squashed.preprocess(image).shape == (3, 224, 224)
+    left = squashed.preprocess(image)[0, :, :60].mean()
+    assert left > 1.5 and vit_b32.preprocess(image)[0, :, :60].mean() < 0  # centre crop: the white third is cut
+    assert squashed.preprocess_config()["resize_mode"] == "squash" and "resize_mode" not in vit_b32.preprocess_config()
+    with pytest.raises(ValueError, match="resize_mode='stretch' is unknown"):
+        zoo.load_encoder("open_clip:ViT-B-32", resize_mode="stretch")
+
+
+def test_eva02_l14_weights_are_the_timm_repository_of_merged2b(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="timm/eva02_large_patch14_clip_224.merged2b_s4b_b131k"):
+        zoo.load_encoder("open_clip:EVA02-L-14:merged2b_s4b_b131k")
+
+
 def test_open_clip_tags_come_from_the_local_cache_only(tmp_path, monkeypatch):
     import huggingface_hub
 

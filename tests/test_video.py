@@ -227,6 +227,79 @@ def test_timesformer_selection(tiny_timesformer, temporal, tokens):
         encoder.with_selection(num_frames=8)
 
 
+def test_timesformer_more_frames_resize_the_time_embeddings_as_timesformer_does():
+    """8 frames on a 4-frame model: each time embedding used twice (nearest), the same outputs as
+    transformers' own interpolation at run time; 16 on the base config: 1 + 16 x 196 tokens."""
+    import copy
+
+    from transformers import TimesformerConfig, TimesformerModel
+
+    reference = zoo.load_encoder("test-tiny-timesformer").model
+    encoder = zoo.load_encoder("test-tiny-timesformer", num_frames=8, layers=4)
+    assert encoder.num_frames == 8 and encoder.num_raw_tokens == 1 + 8 * 16
+    time = encoder.model.embeddings.time_embeddings
+    assert time.shape == (1, 8, 64) and not time.requires_grad
+    torch.testing.assert_close(time, reference.embeddings.time_embeddings.repeat_interleave(2, dim=1))
+    runtime = copy.deepcopy(reference)  # transformers interpolates when the frame count differs from its embeddings
+    runtime.config.num_frames = 8
+    media = torch.randn(2, 8, 3, 32, 32)
+    with torch.no_grad():
+        expected = runtime(pixel_values=media, output_hidden_states=True).hidden_states
+    ours = encoder.with_selection(token_order="patch", final_norm=False)(media).tokens
+    torch.testing.assert_close(ours, torch.stack(expected[1:], 1))
+    assert encoder(media).tokens.shape == (2, 4, 129, 64)
+    with pytest.raises(ValueError, match="load it with num_frames=4"):
+        encoder.with_selection(num_frames=4)
+    with torch.device("meta"):
+        base = TimesformerModel(TimesformerConfig())  # the k400 checkpoints' geometry: 8 frames, 224 px, 16 px
+    assert base.config.num_frames == 8
+    depalm = TimeSformerEncoder(base, num_frames=16, final_norm=False)
+    assert depalm.num_raw_tokens == 1 + 16 * 196 and depalm.num_layers == 12 and depalm.embed_dim == 768
+    assert base.embeddings.time_embeddings.shape == (1, 16, 768) and base.config.num_frames == 16
+    assert depalm.with_selection(temporal="reshape_mean").num_raw_tokens == 197
+
+
+def test_timesformer_final_norm_is_the_model_layernorm_per_block(tiny_timesformer):
+    encoder = tiny_timesformer.with_selection(layers=[1, 3], token_order="patch")
+    media = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        blocks = encoder.model(pixel_values=media, output_hidden_states=True).hidden_states
+    normed, raw = encoder(media).tokens, encoder.with_selection(final_norm=False)(media).tokens
+    torch.testing.assert_close(raw, torch.stack([blocks[2], blocks[4]], 1))
+    with torch.no_grad():
+        torch.testing.assert_close(normed, encoder.model.layernorm(raw))
+    assert not torch.allclose(normed, raw)
+
+
+def test_timesformer_patch_order_and_reshape_mean():
+    encoder = zoo.load_encoder("test-tiny-timesformer", layers=1)
+    media = torch.randn(2, 4, 3, 32, 32)
+    frame = encoder(media).tokens[:, 0]
+    patch = encoder.with_selection(token_order="patch")(media).tokens[:, 0]
+    # patch-major: patch p of frame t at 1 + p*T + t; frame-major: at 1 + t*P + p
+    torch.testing.assert_close(patch[:, 1:].unflatten(1, (16, 4)).transpose(1, 2), frame[:, 1:].unflatten(1, (4, 16)))
+    torch.testing.assert_close(patch[:, 0], frame[:, 0])
+    reshaped = encoder.with_selection(temporal="reshape_mean")
+    assert reshaped.grid == (4, 4) and reshaped.num_raw_tokens == 17
+    tokens = reshaped(media).tokens[:, 0]
+    # the patch-major sequence cut into T runs of P, averaged (not patch j over time)
+    torch.testing.assert_close(tokens[:, 1:], patch[:, 1:].reshape(2, 4, 16, 64).mean(1))
+    torch.testing.assert_close(tokens[:, 0], patch[:, 0])
+    true_mean = encoder.with_selection(temporal="mean")(media).tokens[:, 0]
+    torch.testing.assert_close(true_mean[:, 1:], frame[:, 1:].unflatten(1, (4, 16)).mean(1))
+    assert not torch.allclose(true_mean, tokens)
+    with pytest.raises(ValueError, match="token_order='time' is unknown"):
+        encoder.with_selection(token_order="time")
+
+
+def test_timesformer_preprocessing_overrides(tmp_path):
+    encoder = zoo.load_encoder("test-tiny-timesformer", image_mean=[0.48145466, 0.4578275, 0.40821073],
+                               image_std=[0.26862954, 0.26130258, 0.27577711], resample="bicubic")
+    assert encoder.resample == "bicubic" and encoder.image_mean[0] == 0.48145466
+    clip = np.full((4, 40, 40, 3), 255, dtype=np.uint8)
+    torch.testing.assert_close(encoder.preprocess(clip)[:, 0], torch.full((4, 32, 32), (1 - 0.48145466) / 0.26862954))
+
+
 def test_timesformer_hub_ids_load_offline_only():
     with pytest.raises(ValueError, match="local Hugging Face cache"):
         zoo.load_encoder("timesformer:no-such-org/no-such-timesformer")

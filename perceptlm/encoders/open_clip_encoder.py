@@ -19,7 +19,10 @@ Towers:
   pooler's output (CoCa): they have no final norm for block outputs, and asking for one is an error.
 - timm-based towers (``TimmModel``: EVA02, SigLIP, ...): the timm trunk is read as in
   :mod:`perceptlm.encoders.timm_encoder` (blocks, ``norm``, CLS + grid, register tokens dropped),
-  with open_clip's preprocessing.
+  with open_clip's preprocessing. ``EVA02-L-14`` (EVA02-CLIP-L, tag ``merged2b_s4b_b131k``, the
+  weights of timm's ``eva02_large_patch14_clip_224.merged2b``): 24 blocks of CLS + 16 x 16 tokens of
+  width 1024 (257 x 1024), final norm the trunk's ``norm``; DePALM's ``eva-clip-L`` reads its raw
+  block outputs, i.e. ``final_norm=False``.
 - Other towers (ModifiedResNet ``RN50``..., Hugging Face towers) are not supported.
 
 Preprocessing is open_clip's evaluation transform for the model and tag
@@ -41,16 +44,23 @@ from perceptlm.encoders.efficientnet import to_rgb
 from perceptlm.encoders.timm_encoder import TimmEncoder, cached_hub_file
 
 
-def open_clip_transform(model: nn.Module) -> tuple[Callable[[Any], Tensor], tuple[int, int]]:
-    """open_clip's evaluation transform from the model's preprocess config, and its (h, w) size."""
+RESIZE_MODES = ("shortest", "longest", "squash")
+
+
+def open_clip_transform(model: nn.Module,
+                        resize_mode: str | None = None) -> tuple[Callable[[Any], Tensor], tuple[int, int]]:
+    """open_clip's evaluation transform from the model's preprocess config (``resize_mode`` replaces
+    the config's), and its (h, w) size."""
     import open_clip
 
     cfg = open_clip.get_model_preprocess_cfg(model)
+    if resize_mode is not None and resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode={resize_mode!r} is unknown; valid: {RESIZE_MODES}")
     size = cfg.get("size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
     transform = open_clip.image_transform(
         size, is_train=False, mean=cfg.get("mean"), std=cfg.get("std"),
-        resize_mode=cfg.get("resize_mode"), interpolation=cfg.get("interpolation"),
+        resize_mode=resize_mode or cfg.get("resize_mode"), interpolation=cfg.get("interpolation"),
         fill_color=cfg.get("fill_color", 0),
     )
     return transform, (int(size[0]), int(size[1]))
@@ -158,9 +168,13 @@ def cached_open_clip_weights(model_name: str, tag: str) -> tuple[str, dict[str, 
     )
 
 
-def open_clip_encoder(spec: str, image_size: int | None = None, **selection: Any) -> PerceptualEncoder:
+def open_clip_encoder(spec: str, image_size: int | None = None, resize_mode: str | None = None,
+                      **selection: Any) -> PerceptualEncoder:
     """Zoo entry for ``open_clip:<model>[:<tag>]`` (``spec`` is the part after ``open_clip:``).
-    ``image_size`` overrides the tower's resolution (position embeddings are interpolated)."""
+    ``image_size`` overrides the tower's resolution (position embeddings are interpolated);
+    ``resize_mode`` the preprocessing's resize: ``"shortest"`` (resize the short side, centre crop),
+    ``"longest"`` (resize the long side, pad) or ``"squash"`` (resize to the square, ignoring the
+    aspect ratio)."""
     import open_clip
     from open_clip.timm_model import TimmModel
     from open_clip.transformer import VisionTransformer
@@ -180,14 +194,19 @@ def open_clip_encoder(spec: str, image_size: int | None = None, **selection: Any
         with torch.random.fork_rng(devices=[]):  # seeded, reproducible random init
             torch.manual_seed(0)
             model = open_clip.create_model(model_name, pretrained=None, **kwargs)
-    transform, size = open_clip_transform(model)
+    transform, size = open_clip_transform(model, resize_mode)
     visual = model.visual
     name = f"open_clip:{spec}"
+    encoder: PerceptualEncoder
     if isinstance(visual, VisionTransformer):
-        return OpenCLIPEncoder(visual, transform, name=name, **selection)
-    if isinstance(visual, TimmModel):
-        return TimmEncoder(visual.trunk, name=name, transform=transform, image_size=size, **selection)
-    raise ValueError(
-        f"{name}: the {type(visual).__name__} image tower is not supported; supported: open_clip "
-        "VisionTransformer towers (ViT-*) and timm-based towers (EVA02-*, *-SigLIP*)"
-    )
+        encoder = OpenCLIPEncoder(visual, transform, name=name, **selection)
+    elif isinstance(visual, TimmModel):
+        encoder = TimmEncoder(visual.trunk, name=name, transform=transform, image_size=size, **selection)
+    else:
+        raise ValueError(
+            f"{name}: the {type(visual).__name__} image tower is not supported; supported: open_clip "
+            "VisionTransformer towers (ViT-*) and timm-based towers (EVA02-*, *-SigLIP*)"
+        )
+    if resize_mode is not None:
+        encoder.resize_mode = resize_mode  # part of the preprocessing (and so of the feature cache's key)
+    return encoder

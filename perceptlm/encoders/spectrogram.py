@@ -84,9 +84,10 @@ def local_extractor(cls: Any, name: str) -> Any:
         return None
 
 
-def load_checkpoint(model_class: Any, name: str, dtype: torch.dtype | None, prefix: str = "") -> nn.Module:
+def load_checkpoint(model_class: Any, name: str, dtype: torch.dtype | None,
+                    prefix: str | tuple[str, ...] = "") -> nn.Module:
     """``model_class.from_pretrained`` from a folder or the local HF cache (never downloads), refusing
-    to leave weights at random."""
+    to leave the weights under ``prefix`` (one or several) at random."""
     try:
         model, info = model_class.from_pretrained(name, output_loading_info=True, local_files_only=True,
                                                   **({"dtype": dtype} if dtype else {}))

@@ -13,6 +13,14 @@ frames are read by :func:`perceptlm.data.video.load_video`). Token layout, share
 - ``temporal="mean"``: every token averaged over the frames, the image layout and ``grid``
   (DePALM: "197 when averaged over time").
 
+TimeSformer only: ``token_order="patch"`` keeps the model's own patch-major order for ``concat``
+(patch ``p`` of frame ``t`` at ``1 + p*T + t``), the order DePALM's TimeSformer reading hands on;
+``temporal="reshape_mean"`` is what DePALM's ``timesformer_avg`` computes (``video.py``,
+``TimeSFormerExtractor``): the patch-major patch tokens cut into ``T`` consecutive runs of ``P`` and
+the runs averaged, so token ``j`` is the mean of sequence positions ``j, P + j, ..., (T-1)P + j``,
+i.e. of (patch ``(aP + j) // T``, frame ``(aP + j) % T``) for ``a < T``: patches from all over the
+frame, not patch ``j`` over time (197 tokens, ``grid`` the patch grid as DePALM declares it).
+
 Selection is the image encoder's: the last ``k`` (or listed) blocks, CLS / patches / all, and the
 final norm, applied to every frame's tokens before the temporal aggregation (so each frame's
 features are exactly the image encoder's). With ``tokens="patches"`` and ``concat`` the result is
@@ -31,6 +39,8 @@ from perceptlm.encoders.efficientnet import image_to_tensor
 from perceptlm.encoders.hf_vision import PIL_RESAMPLE, local_processor_config
 
 TEMPORAL = ("mean", "concat")
+TIMESFORMER_TEMPORAL = (*TEMPORAL, "reshape_mean")
+TOKEN_ORDERS = ("frame", "patch")
 DEFAULT_NUM_FRAMES = 16  # DePALM's MSR-VTT protocol
 
 
@@ -69,9 +79,9 @@ def aggregate_mask(mask: Tensor, temporal: str, has_cls: bool) -> Tensor:
     return torch.cat([mask[:, :, :1].any(1), patches], 1) if has_cls else patches
 
 
-def _check_temporal(temporal: str, num_frames: int) -> None:
-    if temporal not in TEMPORAL:
-        raise ValueError(f"temporal={temporal!r} is not a temporal aggregation; valid: {TEMPORAL}")
+def _check_temporal(temporal: str, num_frames: int, valid: tuple[str, ...] = TEMPORAL) -> None:
+    if temporal not in valid:
+        raise ValueError(f"temporal={temporal!r} is not a temporal aggregation; valid: {valid}")
     if int(num_frames) < 1:
         raise ValueError(f"num_frames={num_frames} must be >= 1")
 
@@ -148,11 +158,16 @@ class TimeSformerEncoder(PerceptualEncoder):
     """transformers' ``TimesformerModel`` with per-block readout.
 
     Readable layers: the encoder blocks (``hidden_states[1:]`` of ``output_hidden_states=True``);
-    final norm: the model's ``layernorm``. The model reads exactly ``config.num_frames`` frames of
-    ``config.image_size`` pixels. Its patch tokens come patch-major (position ``p``, frame ``t`` at
-    ``1 + p*T + t``); they are reordered frame-major (see the module docstring). Preprocessing: plain
-    resize to ``image_size`` (no crop), mean/std from the checkpoint's ``preprocessor_config.json``
-    when cached locally, else 0.45 / 0.225 (the released checkpoints' values).
+    final norm: the model's ``layernorm``, applied per block output (as TimeSformer's own
+    ``return_hidden_state`` readout in DePALM does). The model reads ``config.num_frames`` frames of
+    ``config.image_size`` pixels; ``num_frames`` other than the checkpoint's resizes its time
+    embeddings once, at construction, by nearest interpolation (as TimeSformer's ``load_pretrained``:
+    8 -> 16 repeats each embedding twice) and sets ``config.num_frames`` (the model is changed in
+    place). Its patch tokens come patch-major (position ``p``, frame ``t`` at ``1 + p*T + t``); they
+    are reordered frame-major unless ``token_order="patch"`` (see the module docstring).
+    Preprocessing: plain resize to ``image_size`` (no crop), mean/std from the checkpoint's
+    ``preprocessor_config.json`` when cached locally, else 0.45 / 0.225 (the released checkpoints'
+    values); ``image_mean``/``image_std``/``resample`` override them.
     """
 
     modality = "video"
@@ -160,11 +175,14 @@ class TimeSformerEncoder(PerceptualEncoder):
 
     def __init__(self, model: nn.Module, name: str | None = None, temporal: str = "concat",
                  image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
-                 resample: str | None = None, num_frames: int | None = None, **selection: Any) -> None:
+                 resample: str | None = None, num_frames: int | None = None, token_order: str = "frame",
+                 **selection: Any) -> None:
         super().__init__(**selection)
         config = model.config
         if config.model_type != "timesformer":
             raise ValueError(f"TimeSformerEncoder needs a TimesformerModel, got model_type {config.model_type!r}")
+        if num_frames is not None and int(num_frames) != config.num_frames:
+            resize_time_embeddings(model, int(num_frames))
         self.model = model
         self.name = name or getattr(config, "name_or_path", "") or "timesformer"
         self.embed_dim = config.hidden_size
@@ -175,28 +193,33 @@ class TimeSformerEncoder(PerceptualEncoder):
         self.image_mean = tuple(image_mean or (0.45, 0.45, 0.45))
         self.image_std = tuple(image_std or (0.225, 0.225, 0.225))
         self.resample = resample or "bilinear"
-        # the checkpoint fixes the frame count; a given num_frames is only validated
-        self._configure(config.num_frames if num_frames is None else num_frames, temporal)
+        self._configure(config.num_frames, temporal, token_order)
         self.setup_selection()
 
-    def _configure(self, num_frames: int, temporal: str) -> None:
-        _check_temporal(temporal, num_frames)
+    def _configure(self, num_frames: int, temporal: str, token_order: str) -> None:
+        _check_temporal(temporal, num_frames, TIMESFORMER_TEMPORAL)
+        if token_order not in TOKEN_ORDERS:
+            raise ValueError(f"token_order={token_order!r} is unknown; valid: {TOKEN_ORDERS}")
         if num_frames != self.model.config.num_frames:
             raise ValueError(
-                f"{self.name} reads exactly {self.model.config.num_frames} frames, not num_frames={num_frames}"
+                f"{self.name} reads exactly {self.model.config.num_frames} frames, not num_frames={num_frames}; "
+                f"load it with num_frames={num_frames} (its time embeddings are resized at load)"
             )
-        self.num_frames, self.temporal = int(num_frames), temporal
+        self.num_frames, self.temporal, self.token_order = int(num_frames), temporal, token_order
         patches = self.patch_grid[0] * self.patch_grid[1]
-        if temporal == "mean":
+        if temporal in ("mean", "reshape_mean"):
             self.grid, self.num_raw_tokens = self.patch_grid, 1 + patches
         else:
             self.grid, self.num_raw_tokens = None, 1 + self.num_frames * patches
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str, temporal: str = "concat", num_frames: int | None = None,
-                        torch_dtype: torch.dtype | None = None, **selection: Any) -> "TimeSformerEncoder":
+                        torch_dtype: torch.dtype | None = None, image_mean: Sequence[float] | None = None,
+                        image_std: Sequence[float] | None = None, resample: str | None = None,
+                        token_order: str = "frame", **selection: Any) -> "TimeSformerEncoder":
         """A TimeSformer checkpoint (hub id or local folder; a video-classification checkpoint loads
-        its backbone) from local files only: nothing is downloaded."""
+        its backbone) from local files only: nothing is downloaded. ``image_mean``, ``image_std`` and
+        ``resample`` replace the checkpoint's preprocessing values."""
         from transformers import TimesformerModel
 
         extra: dict[str, Any] = {} if torch_dtype is None else {"dtype": torch_dtype}
@@ -208,16 +231,20 @@ class TimeSformerEncoder(PerceptualEncoder):
                 f"cache (download it beforehand, e.g. `huggingface-cli download {name_or_dir}`): {error}"
             ) from None
         processor = local_processor_config(str(name_or_dir))
-        return cls(model.eval(), name=str(name_or_dir), temporal=temporal, image_mean=processor.get("image_mean"),
-                   image_std=processor.get("image_std"), resample=PIL_RESAMPLE.get(processor.get("resample")),
-                   num_frames=num_frames, **selection)
+        return cls(model.eval(), name=str(name_or_dir), temporal=temporal,
+                   image_mean=image_mean or processor.get("image_mean"),
+                   image_std=image_std or processor.get("image_std"),
+                   resample=resample or PIL_RESAMPLE.get(processor.get("resample")),
+                   num_frames=num_frames, token_order=token_order, **selection)
 
     def with_selection(self, layers: int | Sequence[int] | None = None, tokens: TokenSelection | None = None,
                        final_norm: bool | None = None, num_frames: int | None = None,
-                       temporal: str | None = None) -> "TimeSformerEncoder":
-        """A view with another selection or aggregation (the frame count is the checkpoint's)."""
+                       temporal: str | None = None, token_order: str | None = None) -> "TimeSformerEncoder":
+        """A view with another selection, aggregation or token order (the frame count is the loaded
+        model's)."""
         view = super().with_selection(layers, tokens, final_norm)
-        view._configure(self.num_frames if num_frames is None else num_frames, temporal or self.temporal)
+        view._configure(self.num_frames if num_frames is None else num_frames, temporal or self.temporal,
+                        token_order or self.token_order)
         return view
 
     def hidden_states(self, media: Tensor, layers: list[int]) -> tuple[list[Tensor], Tensor | None]:
@@ -235,8 +262,14 @@ class TimeSformerEncoder(PerceptualEncoder):
             tokens = blocks[index]
             if self.apply_final_norm:
                 tokens = self.model.layernorm(tokens)  # per token, before any temporal averaging
-            per_frame = frame_major(tokens, self.num_frames)  # [B, T, 1 + P, D], CLS repeated per frame
-            states.append(aggregate_frames(per_frame, self.temporal, has_cls=True))
+            if self.temporal == "reshape_mean":
+                runs = tokens[:, 1:].unflatten(1, (self.num_frames, -1))  # [B, T, P, D] of the patch-major sequence
+                states.append(torch.cat([tokens[:, :1], runs.mean(dim=1)], dim=1))
+            elif self.temporal == "concat" and self.token_order == "patch":
+                states.append(tokens)
+            else:
+                per_frame = frame_major(tokens, self.num_frames)  # [B, T, 1 + P, D], CLS repeated per frame
+                states.append(aggregate_frames(per_frame, self.temporal, has_cls=True))
         return states, None
 
     def final_norm(self, hidden: Tensor) -> Tensor:
@@ -250,7 +283,23 @@ class TimeSformerEncoder(PerceptualEncoder):
         return torch.stack([image_to_tensor(f, size, self.image_mean, self.image_std, self.resample) for f in frames])
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_frames={self.num_frames}, temporal={self.temporal!r}"
+        return (f"{super().extra_repr()}, num_frames={self.num_frames}, temporal={self.temporal!r}, "
+                f"token_order={self.token_order!r}")
+
+
+def resize_time_embeddings(model: nn.Module, num_frames: int) -> None:
+    """Give a ``TimesformerModel`` ``num_frames`` time embeddings by nearest interpolation of its own
+    (TimeSformer's ``load_pretrained``), and make its blocks expect ``num_frames`` frames."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames} must be >= 1")
+    embeddings = model.embeddings
+    old = embeddings.time_embeddings
+    with torch.no_grad():
+        new = nn.functional.interpolate(old.detach().transpose(1, 2), size=num_frames, mode="nearest").transpose(1, 2)
+    embeddings.time_embeddings = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+    configs = {id(m.config): m.config for m in model.modules() if getattr(m, "config", None) is not None}
+    for config in configs.values():  # the blocks read the frame count from their config
+        config.num_frames = num_frames
 
 
 def frame_major(tokens: Tensor, num_frames: int) -> Tensor:
@@ -278,5 +327,5 @@ def timesformer_encoder(name_or_dir: str, **options: Any) -> TimeSformerEncoder:
     return TimeSformerEncoder.from_pretrained(name_or_dir, **options)
 
 
-__all__ = ["TEMPORAL", "TimeSformerEncoder", "VideoFrameEncoder", "aggregate_frames", "frame_major",
-           "timesformer_encoder", "video_encoder"]
+__all__ = ["TEMPORAL", "TIMESFORMER_TEMPORAL", "TOKEN_ORDERS", "TimeSformerEncoder", "VideoFrameEncoder",
+           "aggregate_frames", "frame_major", "resize_time_embeddings", "timesformer_encoder", "video_encoder"]

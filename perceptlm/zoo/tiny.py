@@ -120,7 +120,8 @@ TINY_TIMESFORMER = dict(image_size=32, patch_size=8, num_frames=4, hidden_size=6
 def tiny_timesformer_encoder(temporal: str = "concat", num_frames: int | None = None,
                              **selection: Any) -> TimeSformerEncoder:
     """Zoo entry ``test-tiny-timesformer``: random-init (seeded) 4 blocks, width 64, 4 frames of 32 px,
-    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``)."""
+    8 px patches (4x4 grid): 1 + 4*16 = 65 tokens (17 with ``temporal="mean"``); another
+    ``num_frames`` resizes its 4 time embeddings as for a checkpoint."""
     from transformers import TimesformerConfig, TimesformerModel
 
     model = _seeded(lambda: TimesformerModel(TimesformerConfig(**TINY_TIMESFORMER)))
@@ -166,11 +167,23 @@ def tiny_clap_model() -> nn.Module:
     return _seeded(lambda: ClapAudioModel(config)).eval()
 
 
+def tiny_clap_projection(model: nn.Module) -> nn.Module:
+    """Random-init (seeded) CLAP audio projection for :func:`tiny_clap_model`: Linear(64, 32), ReLU,
+    Linear(32, 32), as a ``ClapModel``'s ``audio_projection``."""
+    from transformers.models.clap.modeling_clap import ClapProjectionLayer
+
+    return _seeded(lambda: ClapProjectionLayer(model.config), seed=1).eval()
+
+
 def tiny_ast_encoder(**selection: Any) -> ASTAudioEncoder:
     """Zoo entry ``test-tiny-ast``: 1 global + 12 x 101 patch tokens of width 64, 2 readable layers."""
     return ASTAudioEncoder(tiny_ast_model(), name="test-tiny-ast", **selection)
 
 
-def tiny_clap_encoder(stage: int = -1, padding: str = "pad", **selection: Any) -> ClapAudioEncoder:
-    """Zoo entry ``test-tiny-clap``: last stage = 2 blocks of 4 x 64 (frequency x time) tokens, width 64."""
-    return ClapAudioEncoder(tiny_clap_model(), name="test-tiny-clap", stage=stage, padding=padding, **selection)
+def tiny_clap_encoder(stage: int = -1, padding: str = "pad", output: str = "blocks",
+                      **selection: Any) -> ClapAudioEncoder:
+    """Zoo entry ``test-tiny-clap``: last stage = 2 blocks of 4 x 64 (frequency x time) tokens, width 64;
+    ``output="projected"``: 1 + 1024 tokens of width 32 (64 time tokens x 16 frames each), one layer."""
+    model = tiny_clap_model()
+    return ClapAudioEncoder(model, name="test-tiny-clap", stage=stage, padding=padding, output=output,
+                            projection=tiny_clap_projection(model), **selection)
