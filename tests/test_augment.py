@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from perceptlm import zoo
 from perceptlm.data import EasyVQADataModule, SynthAudioDataModule, SynthVideoDataModule, load_audio
@@ -126,7 +127,8 @@ def test_eval_is_a_squash_resize_to_224_without_crop():
     image = marked_image(300, 120)
     squashed = A.ImageAugmentation((224, 224), train=False).before(image, None)
     assert squashed.size == (224, 224)
-    assert squashed.tobytes() == image.resize((224, 224), Image.Resampling.BICUBIC).tobytes()
+    depalm = transforms.Resize((224, 224), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True)
+    assert squashed.tobytes() == depalm(image).tobytes()  # DePALM's data_base.py evaluation resize
     assert corners(np.array(squashed)) == CORNERS  # every corner kept: nothing was cropped away
     trained = A.ImageAugmentation((224, 224), train=True).before(image, np.random.default_rng(0))
     assert trained.size == (224, 224)
