@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -13,9 +14,12 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from perceptlm.data.augment import MediaAugmentation, check_augment, depalm_augmentation
 from perceptlm.data.collate import DEFAULT_TEMPLATES, Collator, Sample
 from perceptlm.data.resumable import ResumableDataLoader
 from perceptlm.data.feature_cache import cached_dataset, check_cacheable, stack_features
+
+AUGMENT_STREAM = 1  # the 4th seed word of augmentation draws, apart from the frame draws of (seed, epoch, index)
 
 
 def subset_indices(size: int, fraction: float | None, limit: int | None, seed: int) -> list[int]:
@@ -45,12 +49,20 @@ class MediaDataset(Dataset):
 
     ``sampled=True``: ``load(path, train, generator)`` draws what it reads (video frames); the
     generator is ``numpy.random.default_rng((seed, epoch, index))`` in training, so each epoch draws
-    anew and a run is reproducible, and None at evaluation (deterministic reads)."""
+    anew and a run is reproducible, and None at evaluation (deterministic reads).
+
+    ``augmentation``: a callable giving the stage's :class:`~perceptlm.data.augment.MediaAugmentation`
+    or None (asked on every access: the datamodule knows it once a model is connected). Its
+    ``before`` runs on the loaded item and its ``after`` on the preprocessed media; a random one
+    draws from ``numpy.random.default_rng((seed, epoch, index, 1))``, its own stream, so the same
+    (seed, epoch, index) gives the same augmentation in any worker, re-run or resumed epoch."""
 
     def __init__(self, samples: list[Sample], load: Callable[..., Any], preprocess: Callable[[Any], Any],
-                 train: bool = False, seed: int = 0, sampled: bool = False):
+                 train: bool = False, seed: int = 0, sampled: bool = False,
+                 augmentation: Callable[[], MediaAugmentation | None] | None = None):
         self.samples, self.load, self.preprocess = samples, load, preprocess
         self.train, self.seed, self.sampled, self.epoch = train, seed, sampled, 0
+        self.augmentation = augmentation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,6 +73,16 @@ class MediaDataset(Dataset):
         generator = np.random.default_rng((self.seed, self.epoch, index)) if self.train else None
         return self.load(path, self.train, generator)
 
+    def _media(self, index: int, path: Any) -> Any:
+        item = self._load(index, path)
+        augmentation = self.augmentation() if self.augmentation is not None else None
+        if augmentation is None:
+            return self.preprocess(item)
+        generator = None
+        if augmentation.random:
+            generator = np.random.default_rng((self.seed, self.epoch, index, AUGMENT_STREAM))
+        return augmentation.after(self.preprocess(augmentation.before(item, generator)), generator)
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -70,7 +92,7 @@ class MediaDataset(Dataset):
         the collator drops it and the model counts it, so one bad file never stops a run."""
         sample = self.samples[index]
         try:
-            media = self.preprocess(self._load(index, sample.media))
+            media = self._media(index, sample.media)
         except Exception as error:  # noqa: BLE001 - any decoder failure means "skip this sample"
             reason = f"{sample.media}: {type(error).__name__}: {error}"
             return Sample(sample.id, None, sample.prompt, sample.targets, {**sample.extra, "skipped": reason})
@@ -145,6 +167,14 @@ class PerceptionDataModule(LightningDataModule):
     connected). ``feature_cache`` (a folder, or ``"auto"``) trains and evaluates from the frozen
     encoder's precomputed outputs (:mod:`perceptlm.data.feature_cache`).
 
+    ``augment``: ``"none"`` (the encoder's ``preprocess`` alone) or ``"depalm"``, DePALM's training
+    augmentation chosen by the encoder's modality (:mod:`perceptlm.data.augment`): images train
+    with a random crop, flip and RandomAugment and evaluate after a squash resize to the encoder's
+    input size; video clips likewise with torchvision's RandAugment (frame sampling unchanged); AST
+    audio trains with SpecAugment and evaluates as with ``"none"``; other audio encoders (CLAP,
+    Whisper) get nothing. The encoder's own ``preprocess`` (its normalisation) always runs after the
+    image and video transforms. Random training augmentation and ``feature_cache`` exclude each other.
+
     Families set ``val_limit`` / ``test_limit`` (fixed evaluation subsets, :meth:`eval_limit`) and
     ``image_root`` (where media live when not under the data root, :meth:`images`) from their own
     arguments; :meth:`root` is ``data_root`` or ``$PERCEPTLM_DATA/<default_subdir>``."""
@@ -169,9 +199,11 @@ class PerceptionDataModule(LightningDataModule):
         seed: int = 0,
         max_length: int = 256,
         feature_cache: str | None = None,
+        augment: str = "none",
     ) -> None:
         super().__init__()
         subset_indices(1, fraction, limit, seed)  # validate early
+        self.augment = check_augment(augment)
         self.data_root = data_root
         self.task = task
         self.template = DEFAULT_TEMPLATES.get(task, "") if template is None else template
@@ -192,6 +224,7 @@ class PerceptionDataModule(LightningDataModule):
         self.feature_cache = feature_cache  # a folder, or "auto": $PERCEPTLM_CACHE/features
         self.encoder: Any = None
         self._cached: dict[str, Dataset] = {}
+        self._augmentations: dict[str, MediaAugmentation | None] = {}  # per stage, set by connect()
 
     # -- to implement ------------------------------------------------------------------------------
     def load_samples(self, split: str) -> list[Sample]:
@@ -214,18 +247,40 @@ class PerceptionDataModule(LightningDataModule):
         return {}
 
     def media_config(self, stage: str) -> dict[str, Any]:
-        """How media files are decoded (part of the feature cache's key; the cache reads every
-        stage the evaluation way). Override when decoding has more options."""
+        """How media files are decoded and transformed before the encoder (part of the feature
+        cache's key; the cache reads every stage the evaluation way): the loader, the frame count
+        and, with ``augment="depalm"``, the stage's deterministic transform (the evaluation squash
+        resize). Override when decoding has more options."""
         owner = next(c for c in type(self).__mro__ if "load_media" in vars(c))
-        return {"load_media": f"{owner.__module__}.{owner.__qualname__}", "num_frames": self.num_frames}
+        return {"load_media": f"{owner.__module__}.{owner.__qualname__}", "num_frames": self.num_frames,
+                **self.augment_config(stage)}
+
+    def augment_config(self, stage: str) -> dict[str, Any]:
+        """``{"augment": ...}`` describing the stage's transform around the encoder's ``preprocess``
+        ({} when there is none, so ``augment="none"`` keys are unchanged)."""
+        augmentation = self._augmentations.get(stage)
+        return {} if augmentation is None else {"augment": {"name": self.augment, **augmentation.describe()}}
 
     def random_augmentation(self, stage: str) -> str | None:
         """What makes this stage's media random (the feature cache refuses it), or None: training
-        reads of ``sampled_media`` unless ``train_frame_sampling`` is ``uniform``."""
+        with ``augment="depalm"``, and training reads of ``sampled_media`` unless
+        ``train_frame_sampling`` is ``uniform``."""
+        reasons = (self.augment_reason(stage), self.frame_sampling_reason(stage))
+        return "; ".join(r for r in reasons if r) or None
+
+    def frame_sampling_reason(self, stage: str) -> str | None:
+        """Why frame sampling makes ``stage`` random, or None."""
         if stage != "train" or not self.sampled_media:
             return None
         sampling = getattr(self, "train_frame_sampling", "random")
         return None if sampling == "uniform" else f"{type(self).__name__} train_frame_sampling={sampling!r}"
+
+    def augment_reason(self, stage: str) -> str | None:
+        """Why ``augment`` makes ``stage`` random, or None."""
+        if stage == "train" and self.augment != "none":
+            return (f"{type(self).__name__} augment={self.augment!r} draws DePALM's training augmentation "
+                    f"(set augment: none to cache)")
+        return None
 
     # -- shared ------------------------------------------------------------------------------------
     def root(self) -> Path:
@@ -263,6 +318,10 @@ class PerceptionDataModule(LightningDataModule):
             check_cacheable(encoder, self, "train")  # the one check: evaluation stages read deterministically
         if encoder is not self.encoder:
             self._cached.clear()  # features of another encoder
+        self._augmentations = {}
+        if self.augment == "depalm":
+            self._augmentations = {stage: depalm_augmentation(encoder, train=stage == "train")
+                                   for stage in self.splits}
         self.tokenizer, self.encoder = model.tokenizer, encoder
         self.preprocess, self.stack_media = encoder.preprocess, getattr(encoder, "stack_media", None)
         self.num_frames = getattr(encoder, "num_frames", None)
@@ -289,11 +348,27 @@ class PerceptionDataModule(LightningDataModule):
             raise FileNotFoundError(f"{self.name} {stage}: {len(missing)} media files are missing, e.g. {examples}")
         self.subset_ids[stage] = [s.id for s in samples]
         return MediaDataset(samples, self.load_media, self._preprocess, train=stage == "train", seed=self.seed,
-                            sampled=self.sampled_media)
+                            sampled=self.sampled_media, augmentation=partial(self.augmentation, stage))
 
     def _preprocess(self, item: Any) -> Any:
         self._require_connected()
         return self.preprocess(item)  # type: ignore[misc]
+
+    def augmentation(self, stage: str) -> MediaAugmentation | None:
+        """The stage's transform around the encoder's ``preprocess`` (None with ``augment="none"``)."""
+        self._require_connected()
+        return self._augmentations.get(stage)
+
+    def deterministic_preprocess(self, stage: str) -> Callable[[Any], Any]:
+        """Item -> media as ``stage`` reads it without random draws (what the feature cache encodes):
+        the encoder's ``preprocess`` inside the stage's deterministic transform, if any."""
+        augmentation = self.augmentation(stage)
+        if augmentation is None:
+            return self.encoder.preprocess
+        if augmentation.random:
+            raise ValueError(f"{type(self).__name__}: the {stage} stage draws a random augmentation "
+                             f"(augment={self.augment!r}); it has no deterministic preprocessing")
+        return lambda item: augmentation.after(self._preprocess(augmentation.before(item, None)), None)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}

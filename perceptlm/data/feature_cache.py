@@ -26,8 +26,10 @@ filesystems without ``flock`` support build the cache once before launching seve
 Files are checked against their stamps when a dataset is set up, not on every read.
 
 A cache is valid only when the media are deterministic: an encoder with ``random_augmentation`` or a
-data stage with random frame sampling is refused (:func:`check_cacheable`, run once, when the model
-connects to the datamodule). Features are computed at
+data stage with random frame sampling or ``augment="depalm"`` training is refused
+(:func:`check_cacheable`, run once, when the model connects to the datamodule); a deterministic
+transform before the encoder (``augment="depalm"``'s evaluation resize) is applied when the cache is
+built and is part of the key (the datamodule's :meth:`media_config`). Features are computed at
 the encoder's parameter precision, outside any autocast, and read back in the dtype the encoder gave;
 they equal live features to float rounding (CPU kernels differ slightly with the batch size).
 """
@@ -111,7 +113,8 @@ def check_cacheable(encoder: PerceptualEncoder, datamodule: Any = None, stage: s
         raise ValueError(
             f"feature_cache cannot be used with random augmentation ({'; '.join(options)}): the cache stores "
             f"one encoding per media file, but these draw new random media every epoch. Use eval-style "
-            f"sampling (train_frame_sampling: uniform, no random augmentation) or set feature_cache: null"
+            f"sampling (train_frame_sampling: uniform, augment: none, no random augmentation) or set "
+            f"feature_cache: null"
         )
 
 
@@ -229,10 +232,12 @@ class FeatureCache:
     # -- building ----------------------------------------------------------------------------------
     @torch.no_grad()
     def build(self, encoder: PerceptualEncoder, media_paths: Sequence[Any], load: Callable[[Path], Any],
-              batch_size: int = 32, chunk_size: int = 2048) -> CachedFeatures:
+              batch_size: int = 32, chunk_size: int = 2048,
+              preprocess: Callable[[Any], Any] | None = None) -> CachedFeatures:
         """Encode every file of ``media_paths`` that has no valid row (each unique file once, in
         batches, eval mode, no grad, on the encoder's device) and return read access to all of them.
-        ``load`` decodes a file; ``encoder.preprocess`` and ``encoder.stack_media`` batch it. A file
+        ``load`` decodes a file; ``preprocess`` (default ``encoder.preprocess``) and
+        ``encoder.stack_media`` batch it. A file
         that fails to load is recorded as such: its samples are skipped, as without the cache. The
         encoder must be cacheable (:func:`check_cacheable`, which the datamodule's ``connect`` runs)."""
         cached, todo = self.lookup(media_paths)
@@ -251,7 +256,8 @@ class FeatureCache:
             encoder.eval()
             try:
                 for start in range(0, len(todo), chunk_size):
-                    self._write_shard(encoder, todo[start : start + chunk_size], load, batch_size)
+                    self._write_shard(encoder, todo[start : start + chunk_size], load, batch_size,
+                                      preprocess or encoder.preprocess)
             finally:
                 encoder.train(was_training)
         cached, todo = self.lookup(media_paths)
@@ -261,7 +267,7 @@ class FeatureCache:
         return cached
 
     def _write_shard(self, encoder: PerceptualEncoder, stamps: list[tuple[str, int, int]],
-                     load: Callable[[Path], Any], batch_size: int) -> None:
+                     load: Callable[[Path], Any], batch_size: int, preprocess: Callable[[Any], Any]) -> None:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(3)}"
         temporary = self.directory / "shards" / f".tmp-{name}"
         temporary.mkdir()
@@ -275,7 +281,7 @@ class FeatureCache:
             for path, size, mtime in stamps[start : start + batch_size]:
                 entry = {"path": path, "size": size, "mtime_ns": mtime}
                 try:
-                    items.append(encoder.preprocess(load(Path(path))))
+                    items.append(preprocess(load(Path(path))))
                 except Exception as error:  # noqa: BLE001 - as MediaDataset: a bad file is skipped, not fatal
                     entries.append({**entry, "error": f"{path}: {type(error).__name__}: {error}"})
                     continue
@@ -363,5 +369,8 @@ def cached_dataset(datamodule: Any, stage: str, dataset: Any) -> CachedFeatureDa
     if getattr(datamodule, "sampled_media", False):  # frame-sampling loaders: the deterministic (evaluation) read
         def load(path: Path, read: Callable[..., Any] = datamodule.load_media) -> Any:
             return read(path, False, None)
-    features = cache.build(encoder, [s.media for s in dataset.samples], load, batch_size=datamodule.eval_batch_size)
+    deterministic = getattr(datamodule, "deterministic_preprocess", None)
+    preprocess = deterministic(stage) if deterministic is not None else encoder.preprocess
+    features = cache.build(encoder, [s.media for s in dataset.samples], load, batch_size=datamodule.eval_batch_size,
+                           preprocess=preprocess)
     return CachedFeatureDataset(dataset.samples, features)

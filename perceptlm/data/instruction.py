@@ -222,10 +222,13 @@ class CaptionInstructDataModule(InstructionDataModule):
         return self.source.load_media(*args)
 
     def media_config(self, stage: str) -> dict[str, Any]:
-        return self.source.media_config(stage)
+        """The source's decoding; the transform around the encoder is this datamodule's ``augment``."""
+        decoding = {k: v for k, v in self.source.media_config(stage).items() if k != "augment"}
+        return {**decoding, **self.augment_config(stage)}
 
     def random_augmentation(self, stage: str) -> str | None:
-        return self.source.random_augmentation(stage)
+        reasons = (self.augment_reason(stage), self.source.frame_sampling_reason(stage))
+        return "; ".join(r for r in reasons if r) or None
 
     def connect(self, model: Any) -> None:
         self.source.connect(model)
