@@ -20,7 +20,7 @@ ROOT = Path(__file__).parents[1]
 GRID = ROOT / "experiments" / "paper" / "depalm"
 # The table's rows and columns (DePALM main table; Score averages the 10 benchmark columns).
 ROWS = ["limber-1", "limber-all", "mapl", "epalm", "depalm-qp-l0", "depalm-qp-inner", "depalm-r-avgpool",
-        "depalm-r-linear", "depalm-r-qpmapper", "depalm-r-rand"]
+        "depalm-r-linear", "depalm-r-qpmapper", "depalm-r-rand", "depalm-c-attn"]
 COLUMNS = {("coco_karpathy", 1.0), ("coco_karpathy", 0.01), ("vqav2", 1.0), ("vqav2", 0.01), ("textcaps", 1.0),
            ("textvqa", 1.0), ("okvqa", 1.0), ("aokvqa", 1.0), ("audiocaps", 1.0), ("msrvtt", 1.0)}
 SEEDS = {0, 1, 2, 3, 4}
@@ -83,7 +83,7 @@ def test_generator_is_deterministic_and_committed_output_is_current(tmp_path):
 
 def test_commands_cover_exactly_the_table():
     lines = parsed_lines()
-    assert len(lines) == len(ROWS) * len(COLUMNS) * len(SEEDS) == 500
+    assert len(lines) == len(ROWS) * len(COLUMNS) * len(SEEDS) == 550
     cells, run_dirs, groups = [], set(), {}
     for fit, test in lines:
         cell = cell_of(fit)

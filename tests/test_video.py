@@ -279,6 +279,8 @@ def test_timesformer_patch_order_and_reshape_mean():
     # patch-major: patch p of frame t at 1 + p*T + t; frame-major: at 1 + t*P + p
     torch.testing.assert_close(patch[:, 1:].unflatten(1, (16, 4)).transpose(1, 2), frame[:, 1:].unflatten(1, (4, 16)))
     torch.testing.assert_close(patch[:, 0], frame[:, 0])
+    # DePALM's declared layout of the patch-major sequence: tokens_grid rows times the frames
+    assert encoder.grid is None and encoder.with_selection(token_order="patch").grid == (4 * 4, 4)
     reshaped = encoder.with_selection(temporal="reshape_mean")
     assert reshaped.grid == (4, 4) and reshaped.num_raw_tokens == 17
     tokens = reshaped(media).tokens[:, 0]

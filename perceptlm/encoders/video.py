@@ -14,7 +14,9 @@ frames are read by :func:`perceptlm.data.video.load_video`). Token layout, share
   (DePALM: "197 when averaged over time").
 
 TimeSformer only: ``token_order="patch"`` keeps the model's own patch-major order for ``concat``
-(patch ``p`` of frame ``t`` at ``1 + p*T + t``), the order DePALM's TimeSformer reading hands on;
+(patch ``p`` of frame ``t`` at ``1 + p*T + t``), the order DePALM's TimeSformer reading hands on,
+with ``grid`` ``(T * 14, 14)`` as DePALM declares it (its ``tokens_grid`` with the rows times the
+frames), so token resamplers group the sequence into the same 2x2 "windows" as DePALM's;
 ``temporal="reshape_mean"`` is what DePALM's ``timesformer_avg`` computes (``video.py``,
 ``TimeSFormerExtractor``): the patch-major patch tokens cut into ``T`` consecutive runs of ``P`` and
 the runs averaged, so token ``j`` is the mean of sequence positions ``j, P + j, ..., (T-1)P + j``,
@@ -209,6 +211,9 @@ class TimeSformerEncoder(PerceptualEncoder):
         patches = self.patch_grid[0] * self.patch_grid[1]
         if temporal in ("mean", "reshape_mean"):
             self.grid, self.num_raw_tokens = self.patch_grid, 1 + patches
+        elif token_order == "patch":  # DePALM's declared layout: its tokens_grid rows times the frames
+            rows, columns = self.patch_grid
+            self.grid, self.num_raw_tokens = (self.num_frames * rows, columns), 1 + self.num_frames * patches
         else:
             self.grid, self.num_raw_tokens = None, 1 + self.num_frames * patches
 
