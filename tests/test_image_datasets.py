@@ -177,7 +177,7 @@ def test_vqav2_karpathy_split_membership(tmp_path):
     assert {int(s.id) // 10 for s in _samples(karpathy, "val")} == {4}
     test = _samples(karpathy, "test")
     assert {int(s.id) // 10 for s in test} == {5, 6} and len(test) == 4
-    assert test[0].targets == ANSWERS and test[0].prompt == "How many things in 5?\n\nAnswer:\n"
+    assert test[0].targets == ANSWERS and test[0].prompt == "How many things in 5?\n\nAnswer: "
     assert test[0].media == tmp_path / "val2014" / "COCO_val2014_000000000005.jpg"
     official = VQAv2DataModule(data_root=str(tmp_path))
     assert {int(s.id) // 10 for s in _samples(official, "train")} == {1, 2}

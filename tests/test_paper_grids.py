@@ -78,7 +78,26 @@ def test_generator_is_deterministic_and_committed_output_is_current(tmp_path):
         committed = GRID / relative
         assert committed.is_file() and committed.read_text() == path.read_text(), (
             f"{committed} is not what the generator writes: run python experiments/paper/depalm/grid.py write")
-    assert {p.name for p in (GRID / "sweeps").glob("*.yaml")} == {p.name for p in first[1:]}
+    assert {p.name for p in (GRID / "sweeps").glob("*.yaml")} == {p.name for p in first if p.parent.name == "sweeps"}
+
+
+def test_recipes_read_the_released_scripts_as_hydra_composes_them(monkeypatch):
+    """Config groups first, value overrides win wherever they stand; the config defaults fill the
+    rest; an override the generator does not interpret is an error, never silently dropped."""
+    grid = load_grid()
+    r = grid.recipe("audiocaps", "depalm-c-attn")  # "...accumulate_steps=4 ... mod=cross_attn"
+    assert (r.batch_size, r.accumulation, r.clip, r.lr, r.llm, r.feat_model) == (4, 4, 0.05, 8e-4, "opt", "clap")
+    r = grid.recipe("vqav2-1pct", "depalm-c-attn")
+    assert (r.batch_size, r.accumulation, r.clip, r.lr, r.epochs, r.fraction) == (16, 2, 0.1, 4e-3, 30, 0.01)
+    r = grid.recipe("msrvtt", "depalm-c-attn")  # no released script: the column's overrides + the config defaults
+    assert not r.released and (r.llm, r.feat_model, r.accumulation, r.clip, r.prompt_tokens) == ("llama", "timesformer", 2, 0.05, 16)
+    r = grid.recipe("coco-1pct", "depalm-r-qpmapper")
+    assert r.mapper_layers == 1 and r.checks == {"mode": "qpmapper", "width": 768} and r.prompt_tokens == 1
+    assert grid.recipe("coco", "limber-1").checks == {"width": None, "tokens": "cls"}
+    assert all(not grid.mismatches(c, m) for c in grid.COLUMNS for m in grid.MECHANISMS)
+    monkeypatch.setitem(grid.SCRIPTS["coco"], "mapl", "dataset=coco experiment=mapl training.warmup=3")
+    with pytest.raises(ValueError, match="coco / mapl: the override 'training.warmup=3' is not interpreted"):
+        grid.recipe("coco", "mapl")
 
 
 def test_commands_cover_exactly_the_table():

@@ -19,7 +19,9 @@ import torch
 from perceptlm.batch import Batch
 
 DEFAULT_TEMPLATES = {
-    "vqa": "{question}\n\nAnswer:\n",  # DePALM's VQA prompt
+    # DePALM's VQA prompt as its code builds it: the instruction "{prompt}\n\nAnswer:\n" is stripped,
+    # then a space follows its last character
+    "vqa": "{question}\n\nAnswer: ",
     "caption": "",  # DePALM captions with an empty prompt
 }
 

@@ -1,6 +1,6 @@
 """VQA-family datamodules in their official formats: VQAv2 (Goyal et al., CVPR 2017), OK-VQA (Marino
 et al., CVPR 2019), A-OKVQA (Schwenk et al., ECCV 2022, direct answers) and TextVQA (Singh et al.,
-CVPR 2019), as evaluated in DePALM §4 (prompt ``"{question}\\n\\nAnswer:\\n"``, VQA accuracy).
+CVPR 2019), as evaluated in DePALM §4 (prompt ``"{question}\\n\\nAnswer: "``, VQA accuracy).
 
 Evaluation references are all the annotators' answers of a question (10 for each dataset), scored by
 the official VQA accuracy (``perceptlm.metrics``). Training target (``train_answer``):

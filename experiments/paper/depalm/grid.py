@@ -262,6 +262,7 @@ def script(column: str, mechanism: str) -> tuple[str, bool]:
 # config/experiment/<name>.yaml: input prompt tokens (finetune.prompt_tuning) and transformer depth.
 EXPERIMENT_PROMPTS = {"depalm": 16, "depalm_resampler": 1, "epalm": 10, "limber": 0, "mapl": 0}
 EXPERIMENT_MAPPER_LAYERS = {"depalm": 4, "mapl": 4}
+EXPERIMENT_WIDTHS = {"depalm": 1024, "mapl": 256, "limber": None, "epalm": None}  # adapter.embed_dim
 @dataclass
 class Recipe:
     """What a cell's script sets, with the released config defaults (config/run.yaml, experiment/,
@@ -283,14 +284,20 @@ class Recipe:
 
 
 def recipe(column: str, mechanism: str) -> Recipe:
-    """Interpret the cell's overrides in order; an override this function does not know raises."""
+    """Interpret the cell's overrides; an override this function does not know raises. As in Hydra,
+    the config groups (``experiment``, ``mod``) are composed first and every value override then
+    wins over them, wherever it stands on the line."""
     text, released = script(column, mechanism)
     r = Recipe(released=released)
-    for item in text.split():
-        key, value = item.split("=", 1)
+    items = [item.split("=", 1) for item in text.split()]
+    groups = [(k, v) for k, v in items if k in ("experiment", "mod")]
+    for key, value in groups + [(k, v) for k, v in items if k not in ("experiment", "mod")]:
+        item = f"{key}={value}"
         if key == "experiment":  # config/experiment/<value>.yaml: prompt tokens and mapper depth
             r.prompt_tokens = EXPERIMENT_PROMPTS[value]
             r.mapper_layers = EXPERIMENT_MAPPER_LAYERS.get(value)
+            if value in EXPERIMENT_WIDTHS:
+                r.checks["width"] = EXPERIMENT_WIDTHS[value]
         elif key == "mod" and value == "cross_attn":  # config/mod/cross_attn.yaml
             r.clip, r.accumulation, r.mapper_layers = 0.05, 2, 1
         elif key == "mod" and value == "insert_l0":
@@ -318,7 +325,7 @@ def recipe(column: str, mechanism: str) -> Recipe:
         elif key == "feat_model.average_time":
             r.average_time = value == "true"
         elif key == "adapter.embed_dim":
-            r.checks["width"] = {"llm_dim": "llm", "auto": None}.get(value, value)
+            r.checks["width"] = {"llm_dim": "llm", "auto": None}.get(value, int(value) if value.isdigit() else value)
         elif key == "resampler.type":  # the scripts' "qsformer" is not in the released code: qpmapper
             r.checks["mode"] = {"avg_pool": "avgpool", "rand_any_patch": "rand", "qsformer": "qpmapper"}.get(value, value)
         elif key == "adapter.source.keep_features.n_elements":
@@ -402,6 +409,25 @@ def features(cell: Cell, r: Recipe) -> dict[str, Any]:
     return selection
 
 
+def mismatches(column: str, mechanism: str) -> list[str]:
+    """Where the preset file disagrees with what the cell's script sets (empty: the preset, with the
+    cell's overrides, is the script's mechanism)."""
+    r = recipe(column, mechanism)
+    connector = preset_field(mechanism, "connector") or {}
+    found = []
+    if (preset_field(mechanism, "prompt_tokens") or 0) != r.prompt_tokens:
+        found.append(f"prompt_tokens {preset_field(mechanism, 'prompt_tokens')} != {r.prompt_tokens}")
+    if connector.get("type", "mapping") == "mapping" and connector.get("transformer") is not None:
+        if connector.get("num_layers") != r.mapper_layers:
+            found.append(f"mapper layers {connector.get('num_layers')} != {r.mapper_layers}")
+    for key in ("width", "mode"):
+        if key in r.checks and connector.get(key) != r.checks[key]:
+            found.append(f"connector {key} {connector.get(key)!r} != {r.checks[key]!r}")
+    if "tokens" in r.checks and (preset_field(mechanism, "features") or {}).get("tokens") != r.checks["tokens"]:
+        found.append(f"features.tokens != {r.checks['tokens']!r}")
+    return [f"{column} / {mechanism}: {m}" for m in found]
+
+
 def model_overrides(cell: Cell, r: Recipe) -> list[str]:
     args: list[str] = []
     selection = features(cell, r)
@@ -474,14 +500,21 @@ def command_line(cell: Cell) -> str:
 
 def markdown_table() -> str:
     """One row per (column, mechanism): the released script and its recipe."""
-    rows = ["| column | mechanism | script | LLM | encoder | lr | clip | batch x accum | epochs |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| column | mechanism | script | LLM | encoder | lr | clip | batch x accum | epochs | cell options |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for column, spec in COLUMNS.items():
         for mechanism, (_, stem) in MECHANISMS.items():
             r = recipe(column, mechanism)
+            cell = Cell(mechanism, column, SEEDS[0])
             name = f"`{spec.folder}/..._{stem}*.sh`" if r.released else "none (config defaults)"
+            options = []
+            if r.average_time or "layers" in features(cell, r):
+                options.append(", ".join(f"{k}: {v}" for k, v in features(cell, r).items()
+                                         if k in ("temporal", "layers")))
+            if mechanism == "depalm-r-qpmapper" and r.mapper_layers:
+                options.append(f"global QPMapper ({r.mapper_layers} layer): 1 token")
             rows.append(f"| {column} | {mechanism} | {name} | {r.llm} | {r.feat_model} | {r.lr:g} | {r.clip:g} | "
-                        f"{r.batch_size} x {r.accumulation} | {r.epochs} |")
+                        f"{r.batch_size} x {r.accumulation} | {r.epochs} | {'; '.join(options)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -504,12 +537,19 @@ def sweep(dataset: str) -> dict:
 
 
 def write(out: Path) -> list[Path]:
-    """``commands.txt`` (one line per cell) and ``sweeps/<dataset>.yaml`` under ``out``."""
+    """``commands.txt`` (one line per cell), ``recipes.md`` (the per-cell recipes) and
+    ``sweeps/<dataset>.yaml`` under ``out``."""
+    disagreements = [m for column in COLUMNS for mechanism in MECHANISMS for m in mismatches(column, mechanism)]
+    if disagreements:
+        raise ValueError("the presets disagree with the released scripts:\n" + "\n".join(disagreements))
     (out / "sweeps").mkdir(parents=True, exist_ok=True)
     header = ("# DePALM main table: one line per run (mechanism x benchmark column x seed), from the repository root.\n"
               "# Generated by experiments/paper/depalm/grid.py write; do not edit by hand.\n")
-    paths = [out / "commands.txt"]
+    paths = [out / "commands.txt", out / "recipes.md"]
     paths[0].write_text(header + "".join(command_line(c) + "\n" for c in cells()))
+    paths[1].write_text("# DePALM main table: the recipe of every cell\n\nGenerated by `python experiments/paper/depalm/"
+                        "grid.py write` from the released per-cell scripts (`grid.py`, `SCRIPTS`); do not edit by hand. "
+                        "Every seed of a cell runs this recipe.\n\n" + markdown_table())
     for dataset in dict.fromkeys(c.dataset for c in COLUMNS.values()):
         path = out / "sweeps" / f"{dataset}.yaml"
         text = yaml.safe_dump(sweep(dataset), sort_keys=False, default_flow_style=False, width=120)
