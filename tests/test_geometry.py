@@ -235,18 +235,34 @@ def test_unknown_geometry_names_list_the_valid_ones():
 D, H = 1024, 4096  # CLIP ViT-L/14 width, LLaMA-7B width
 
 
+def linear(i: int, o: int) -> int:
+    return i * o + o
+
+
+def post_norm_layer(w: int) -> int:  # attention 4w^2+4w, FFN of width w 2w^2+2w, two LayerNorms 4w
+    return 6 * w * w + 10 * w
+
+
 def qpmapper(width: int, queries: int = 32, layers: int = 2) -> int:
-    """Linear(D->W), queries, post-norm layers, Linear(W->H) (the presets' trainable_formula)."""
-    return D * width + width + queries * width + layers * (6 * width * width + 10 * width) + width * H + H
+    """Linear(D->W), queries, post-norm layers, Linear(W->H) (DePALM's mapper)."""
+    return linear(D, width) + queries * width + layers * post_norm_layer(width) + linear(width, H)
 
 
-PRESET_TRAINABLE = {  # the presets' trainable_formula at D=1024, H=4096
-    "limber-1": D * H + H,  # 4,198,400
-    "mapl": qpmapper(256, layers=4),  # 2,906,368
-    "depalm-qp-l0": qpmapper(D) + H,  # 17,888,256
-    "depalm-r-linear": 4 * D * D + D + D + D * H + H + H,  # 8,398,848
-    "epalm": D * H + H + 10 * H,  # 4,239,360
-    "depalm-qp-inner": qpmapper(D) + 16 * H + 12 * 2 * H,  # 18,048,000 (12 target layers: 17-28 of 32)
+C = 1024  # DePALM c-attn's block width
+PRESET_TRAINABLE = {  # derived module by module from DePALM's released code, at D=1024, H=4096
+    "limber-1": linear(D, H),  # 4,198,400
+    "limber-all": linear(D, H),  # 4,198,400
+    "mapl": qpmapper(256, layers=4),  # 2,906,368 (the paper: ~2.9M)
+    "epalm": linear(D, H) + 6 * 3 * H + 10 * H,  # 4,313,088: per layer RMSNorm weight, scale, bias; 10 prompts
+    "depalm-qp-l0": qpmapper(1024) + H,  # 17,888,256 (the paper: ~17.9M)
+    "depalm-qp-inner": qpmapper(1024) + 16 * H + 12 * 3 * H,  # 18,097,152 (12 target layers: 17-28 of 32)
+    "depalm-r-avgpool": linear(D, H) + H + linear(H, H) + H,  # 20,987,904: at the LLM width
+    "depalm-r-linear": linear(D, H) + linear(4 * H, H) + H + linear(H, H) + H,  # 88,100,864 (~88M)
+    "depalm-r-qpmapper": linear(D, 768) + 768 + 4 * post_norm_layer(768) + 768 + linear(768, H) + H,  # 18,129,152
+    "depalm-r-rand": D + linear(D, H) + H,  # 4,203,520
+    "depalm-c-attn": (linear(D, C) + post_norm_layer(C) + linear(C, C)  # the mapper, per encoder layer
+                      + linear(H, C) + linear(C, C) + C + 3 * linear(C, C) + C + linear(C, H) + 1  # ONE block
+                      + 16 * H),  # 21,060,609 (the paper: ~21M)
 }
 
 
