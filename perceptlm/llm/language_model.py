@@ -57,8 +57,7 @@ class LanguageModel(nn.Module):
         """Add ``tokens`` to the tokenizer as special tokens (never split) and return their ids;
         the embedding matrix grows (new rows frozen like the rest) only when the ids exceed it
         (OPT-6.7B has spare rows: DePALM's ``</a>`` answer token takes id 50265 of 50272)."""
-        self.tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
-                                          replace_additional_special_tokens=False)
+        self.tokenizer.add_tokens(list(tokens), special_tokens=True)
         rows = self.model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > rows:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
