@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["comparison"] = {  # measured alternately with the reference in this run (B1 at 7B scale)
             "preset": args.compare, "llm_sequence": sequence_other, "step_seconds": timing[args.compare]["seconds"],
             "median_step_seconds": timing[args.compare]["median"],
-            "time_ratio_to_reference": round(timing[args.compare]["median"] / seconds, 4),
-            "flops_per_step": other_flops, "flops_ratio_to_reference": round(other_flops / total, 4)}
+            "time_ratio_to_reference": float(f"{timing[args.compare]['median'] / seconds:.4g}"),  # 4 significant digits
+            "flops_per_step": other_flops, "flops_ratio_to_reference": float(f"{other_flops / total:.4g}")}
     common.write("gpu" + ("_tiny" if args.tiny else ""), result, args.output)
     print(f"median step {seconds:.4f} s, {result['tokens_per_second']} tokens/s, {achieved:.3f} TFLOPS"
           + (f", MFU {mfu:.1%} of {peak} TFLOPS" if mfu is not None else " (no peak known for this device)"),
