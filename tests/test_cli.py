@@ -86,7 +86,7 @@ def test_presets_command_prints_every_preset(capsys):
     table = capsys.readouterr().out
     for name in presets.names():
         assert f"| {name} |" in table
-    assert "| depalm-qp-l0 | 60,864 | 32 |" in table  # tiny backbones: see tests/test_interface.py
+    assert "| depalm-qp-l0 | 12,768,384 | 32 |" in table  # tiny backbones, DePALM's 1024-wide mapper
 
 
 def test_a_fit_with_init_from_starts_from_that_checkpoint(tmp_path):

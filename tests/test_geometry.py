@@ -190,8 +190,10 @@ def test_feature_selection_is_reported_from_the_config(name, selection, layers, 
 def test_selection_errors_are_the_real_names(built):
     with pytest.raises(ValueError, match="no CLS token"):
         zoo.load_encoder(CLAP, tokens="cls")
-    with pytest.raises(ValueError, match="reads exactly 8 frames"):
-        zoo.load_encoder(TIMESFORMER, num_frames=16)
+    depalm = zoo.load_encoder(TIMESFORMER, num_frames=16, token_order="patch")  # DePALM's MSR-VTT reading
+    assert depalm.num_raw_tokens == 1 + 16 * 196 and depalm.grid == (16 * 14, 14)
+    with pytest.raises(ValueError, match="reads exactly 16 frames"):
+        depalm.with_selection(num_frames=8)
     with pytest.raises(ValueError, match="24 readable layers"):
         built[CLIP_L][0].with_selection(layers=25)
 
