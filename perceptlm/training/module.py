@@ -36,9 +36,9 @@ class InterfaceModule(LightningModule):
     ``stop_strings``; ``compile_llm``; ``itc_weight`` (BLIP-2's contrastive loss); ``special_tokens``,
     ``llm_dropout``. See :class:`PerceptualLM`. Optimisation follows DePALM: AdamW (``lr`` 8e-4,
     ``weight_decay`` 0.1 on matrices, or on every trainable tensor with ``decay_all_parameters`` as
-    DePALM's released optimiser,
-    ``adam_eps`` 1e-4), linear warm-up over ``warmup_fraction`` of the steps from ``lr * min_lr_ratio``,
-    then cosine decay to ``lr * min_lr_ratio``; label smoothing 0.002. ``llm_lr`` is the learning rate
+    DePALM's released optimiser; ``adam_eps`` 1e-4), linear warm-up over ``warmup_fraction`` of the
+    steps from ``lr * min_lr_ratio``, then cosine decay to ``lr * min_lr_ratio``; label smoothing
+    0.002. ``llm_lr`` is the learning rate
     of tuned LLM weights (default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5).
     Faults: a NaN/inf loss stops the run (``nonfinite_loss="stop"``) or skips the step (``"skip"``);
     samples whose media fail to load are skipped and counted, and more than ``max_skipped_fraction``
