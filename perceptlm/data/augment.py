@@ -41,12 +41,12 @@ from torch import Tensor
 from torchvision import transforms
 from torchvision.transforms import functional
 
-BICUBIC = transforms.InterpolationMode.BICUBIC
-
 from perceptlm.encoders.ast_audio import ASTAudioEncoder
 from perceptlm.encoders.efficientnet import to_rgb
 
 log = logging.getLogger(__name__)
+
+BICUBIC = transforms.InterpolationMode.BICUBIC
 
 AUGMENTS = ("none", "depalm")
 DEPALM_SIZE = 224  # DePALM's resize_image_size
