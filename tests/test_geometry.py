@@ -158,9 +158,11 @@ def test_clap_htsat_unfused_geometry(built):
     assert (list(config.depths), list(config.num_attention_heads), config.patch_embeds_hidden_size, config.spec_size,
             config.num_mel_bins, config.window_size) == ([2, 2, 6, 2], [4, 8, 16, 32], 96, 256, 64, 8)
     assert (encoder.embed_dim, encoder.num_layers, encoder.grid, encoder.num_tokens) == (768, 2, (2, 32), 64)
-    # CLAP's HTS-AT-tiny audio tower (~28M; HTS-AT reports 31M with its classifier); 27,534,488 without
-    # the projection head, as the real name keeps it
-    assert count(encoder) == 27_534_488
+    # CLAP's HTS-AT-tiny audio tower (~28M; HTS-AT reports 31M with its classifier): 27,534,488, and
+    # its audio projection (768 -> 512 -> 512: 656,384), which the real name keeps for output="projected"
+    assert count(encoder.model) == 27_534_488 and count(encoder.projection) == 656_384
+    projected = encoder.with_selection(output="projected", layers=1)  # DePALM's reading: 1 + 1024 tokens x 512
+    assert (projected.num_raw_tokens, projected.embed_dim) == (1025, 512)
 
 
 def test_clap_config_defaults_are_htsat_tiny():

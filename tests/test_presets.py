@@ -87,7 +87,8 @@ def formula_variables(preset: presets.Preset, D: int, H: int, llm=None, targets:
     Q = {"clipcap": c.get("prefix_length", 10), "resampler": 1}.get(kind, c.get("num_queries", 32))
     heads = {"A": config.num_attention_heads} if config is not None else {}
     width = H if c.get("width") == "llm" else (c.get("width") or D)
-    return {"D": D, "W": width, "V": preset.injection_options.get("width", 0), "H": H, "Q": Q, "n": n,
+    return {"D": D, "W": width, "V": preset.injection_options.get("width", 0), "G": c.get("global_layers", 0),
+            "H": H, "Q": Q, "n": n,
             "P": preset.prompt_tokens,
             "C": math.ceil(n / c.get("cross_attention_freq", 1)), "X": targets,
             "R": preset.injection_options.get("adaption_prompts", 0), **lora, **heads}

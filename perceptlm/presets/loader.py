@@ -49,8 +49,9 @@ class Preset:
     {...}}`` with ``llm_tuning``, ``freeze_connector`` and ``llm_lr`` per stage (:meth:`stage`).
     ``trainable_formula``: the trainable-parameter count as an arithmetic expression in the feature
     width ``D``, the mapper width ``W``, the LLM width ``H``, queries/output tokens ``Q``, mapper layers
-    ``n``, prompt tokens ``P``, Q-Former cross-attention layers ``C`` and the injection's target LLM
-    layers ``X``; parenthesised words are comments (the tests evaluate the expression without them).
+    ``n``, prompt tokens ``P``, Q-Former cross-attention layers ``C``, the injection's target LLM
+    layers ``X``, its own width ``V`` (DePALM c-attn) and global QPMapper layers ``G`` (R-QPMapper at
+    1%); parenthesised words are comments (the tests evaluate the expression without them).
     ``source``: the file it was read from.
     """
 

@@ -171,16 +171,20 @@ def timesformer_base_k400(temporal: str = "concat", num_frames: int | None = Non
 
 
 def clap_htsat_unfused(dtype: torch.dtype | None = None, stage: int = -1, padding: str = "pad",
-                       **selection: Any) -> ClapAudioEncoder:
+                       output: str = "blocks", **selection: Any) -> ClapAudioEncoder:
     """CLAP's HTS-AT-tiny audio tower (Wu et al., 2023; 4 Swin stages of 2/2/6/2 blocks, widths
     96..768, 64 mels, 256 x 256 folded spectrogram, 4 px patches) as in ``laion/clap-htsat-unfused``
-    (no fusion), without the projection head, as for the real name. The feature extractor is built
-    from arguments (:func:`~perceptlm.encoders.clap_audio.clap_feature_extractor`)."""
+    (no fusion), with its audio projection (768 -> 512, Linear-ReLU-Linear) as the real name's
+    ``ClapModel`` checkpoint has it, for ``output="projected"``. The feature extractor is built from
+    arguments (:func:`~perceptlm.encoders.clap_audio.clap_feature_extractor`)."""
     from transformers import ClapAudioConfig, ClapAudioModel
+    from transformers.models.clap.modeling_clap import ClapProjectionLayer
 
     config = ClapAudioConfig(enable_fusion=False)
     model = _on_meta(lambda: ClapAudioModel(config), dtype)
-    return ClapAudioEncoder(model, name="clap:laion/clap-htsat-unfused", stage=stage, padding=padding, **selection)
+    projection = _on_meta(lambda: ClapProjectionLayer(config), dtype)
+    return ClapAudioEncoder(model, name="clap:laion/clap-htsat-unfused", stage=stage, padding=padding, output=output,
+                            projection=projection, **selection)
 
 
 def _on_meta(build: Callable[[], nn.Module], dtype: torch.dtype | None) -> nn.Module:
