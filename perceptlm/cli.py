@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 # What a run chooses for itself even when the model is rebuilt from a checkpoint's hyper-parameters
-RUN_OPTIONS = ("eval_blind", "max_new_tokens", "num_beams", "stop_strings", "compile_llm", "nonfinite_loss",
+RUN_OPTIONS = ("eval_blind", "eval_mismatched", "max_new_tokens", "num_beams", "stop_strings", "compile_llm", "nonfinite_loss",
                "max_skipped_fraction")
 
 

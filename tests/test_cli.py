@@ -114,9 +114,12 @@ def test_a_checkpoint_path_keeps_the_commands_evaluation_options(tmp_path):
     checkpoint = str(run_dir / "checkpoints" / "last.ckpt")
     built = cli(["test", *_args(run_dir), "--model.init_args.connector", '{"width": 32, "num_queries": 2}',
                  "--model.init_args.eval_blind", "true", "--model.init_args.max_new_tokens", "3",
+                 "--model.init_args.eval_mismatched", "true",
                  "--model.init_args.init_from", checkpoint, "--ckpt_path", checkpoint])
     model = built.model
     assert model.hparams.eval_blind is True and model.hparams.max_new_tokens == 3
-    assert "blind_accuracy" in json.loads((run_dir / "results.json").read_text())
+    assert model.hparams.eval_mismatched is True
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "blind_accuracy" in results and "mismatched_accuracy" in results
     assert model.hparams.init_from is None
     assert model.hparams.connector == {"width": 64, "num_queries": 4}  # the structure: the checkpoint's

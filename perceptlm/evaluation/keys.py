@@ -8,6 +8,8 @@ these names and the report reads them.
 * ``instruct`` mixtures and groups (a POPE subset, a ScienceQA subject): :func:`prefixed`, e.g.
   ``mcq_accuracy``, ``adversarial_f1``.
 * The blind baseline (perception zeroed): :func:`blind`, e.g. ``blind_accuracy``.
+* The mismatched-media baseline (each sample with another sample's media): :func:`mismatched`, e.g.
+  ``mismatched_accuracy``, and ``mismatched_num_samples``.
 * Multiple choice by option likelihood: :data:`LIKELIHOOD_ACCURACY` (and its blind twin), from the
   records' :data:`LIKELIHOOD_CHOICE` / :data:`BLIND_LIKELIHOOD_CHOICE`.
 """
@@ -35,6 +37,7 @@ CONVERSATION = (ACCURACY, ROUGE_L)
 JUDGED = ("relative", "model", "reference")  # LLaVA-Bench, per category: judged(kind, category)
 
 BLIND = "blind_"
+MISMATCHED = "mismatched_"
 LIKELIHOOD_ACCURACY = "accuracy_likelihood"
 LIKELIHOOD_CHOICE = "likelihood_choice"  # an evaluation record's chosen option index
 BLIND_LIKELIHOOD_CHOICE = BLIND + LIKELIHOOD_CHOICE
@@ -46,6 +49,11 @@ HEADLINE = (CIDER, ACCURACY, SPIDER)
 def blind(key: str) -> str:
     """The blind baseline's twin of ``key`` (perception zeroed)."""
     return BLIND + key
+
+
+def mismatched(key: str) -> str:
+    """The mismatched-media baseline's twin of ``key`` (each sample paired with another sample's media)."""
+    return MISMATCHED + key
 
 
 def prefixed(prefix: str, key: str) -> str:

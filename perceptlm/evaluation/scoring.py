@@ -181,7 +181,9 @@ def likelihood_accuracy(records: Sequence[dict[str, Any]], key: str = K.LIKELIHO
 def score_records(task: str, records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """The metrics of gathered evaluation records (:func:`perceptlm.evaluation.records.gather_records`):
     the task's on ``prediction``, the blind baseline's (:func:`~perceptlm.evaluation.keys.blind` keys)
-    on ``blind_prediction`` when the records have it, option-likelihood accuracy when they carry
+    on ``blind_prediction`` when the records have it, the mismatched-media baseline's
+    (:func:`~perceptlm.evaluation.keys.mismatched` keys) on the records with a
+    ``mismatched_prediction`` (and how many they are), option-likelihood accuracy when they carry
     choices, and ``num_samples``."""
     references = [r["references"] for r in records]
     meta = [r.get("meta") for r in records] if any("meta" in r for r in records) else None
@@ -189,6 +191,12 @@ def score_records(task: str, records: Sequence[dict[str, Any]]) -> dict[str, flo
     if records and "blind_prediction" in records[0]:
         blind = score(task, [r["blind_prediction"] for r in records], references, meta)
         metrics.update({K.blind(k): v for k, v in blind.items()})
+    paired = [r for r in records if r.get("mismatched_prediction") is not None]
+    if paired:
+        paired_meta = [r.get("meta") for r in paired] if meta is not None else None
+        scored = score(task, [r["mismatched_prediction"] for r in paired], [r["references"] for r in paired], paired_meta)
+        metrics.update({K.mismatched(k): v for k, v in scored.items()})
+        metrics[K.mismatched(K.NUM_SAMPLES)] = float(len(paired))
     if (accuracy := likelihood_accuracy(records)) is not None:  # multiple choice by option likelihood
         metrics[K.LIKELIHOOD_ACCURACY] = accuracy
     if (accuracy := likelihood_accuracy(records, K.BLIND_LIKELIHOOD_CHOICE)) is not None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import torch
 
 from perceptlm.batch import Batch
 from perceptlm.data.video import frame_strip
+from perceptlm.encoders.base import PerceptualFeatures
 from perceptlm.evaluation import keys as K
 from perceptlm.evaluation import (config_hash, gather_records, option_loglikelihood_choice, results_summary,
                                   score_records, write_results)
@@ -24,12 +27,36 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
 
 
-class Evaluator:
-    """Records of one evaluation epoch: predictions (and, with ``blind``, the blind baseline's),
-    multiple choice by option likelihood where the batch has options."""
+def mismatched_partners(sources: Sequence[Any]) -> list[int | None]:
+    """For each sample of an evaluation batch, the sample whose media it is paired with in the
+    mismatched-media baseline: the next one in the batch, cyclically, with different media
+    (``sources``: each sample's media path or id). None when every sample of the batch has the same
+    media. A fixed permutation for a fixed evaluation order and batch size; it keeps the prompt, the
+    format and the media statistics and breaks only the media-question correspondence."""
+    size = len(sources)
+    partners: list[int | None] = []
+    for i in range(size):
+        partners.append(next((j % size for j in range(i + 1, i + size) if sources[j % size] != sources[i]), None))
+    return partners
 
-    def __init__(self, model: PerceptualLM, blind: bool) -> None:
-        self.model, self.blind = model, blind
+
+def take_media(media: Any, index: torch.Tensor) -> Any:
+    """The rows ``index`` of stacked media: a tensor, a dict of tensors (audio front-ends) or cached
+    :class:`PerceptualFeatures`."""
+    if isinstance(media, PerceptualFeatures):
+        return PerceptualFeatures(media.tokens[index], media.mask[index], media.cls_index, media.grid)
+    if isinstance(media, dict):
+        return {key: take_media(value, index) for key, value in media.items()}
+    return media[index.to(media.device)]
+
+
+class Evaluator:
+    """Records of one evaluation epoch: predictions (and, with ``blind``, the blind baseline's; with
+    ``mismatched``, the mismatched-media baseline's, see :func:`mismatched_partners`), multiple
+    choice by option likelihood where the batch has options."""
+
+    def __init__(self, model: PerceptualLM, blind: bool, mismatched: bool = False) -> None:
+        self.model, self.blind, self.mismatched = model, blind, mismatched
         self.start()
 
     def start(self) -> None:
@@ -42,12 +69,24 @@ class Evaluator:
                                   media_position=batch.media_position)
         return self.model.decode(ids)
 
+    def predict_mismatched(self, batch: Batch) -> list[tuple[str | None, Any]]:
+        """(prediction, the partner's media source) per sample, with each sample's media replaced by
+        its partner's; (None, None) for a sample without a partner."""
+        sources = [source if source is not None else sample_id for source, sample_id in zip(batch.sources, batch.ids)]
+        partners = mismatched_partners(sources)
+        index = torch.tensor([i if p is None else p for i, p in enumerate(partners)])
+        ids = self.model.generate(take_media(batch.media, index), batch.prompt_ids, batch.prompt_mask,
+                                  media_position=batch.media_position)
+        texts = self.model.decode(ids)
+        return [(None, None) if p is None else (texts[i], batch.sources[p]) for i, p in enumerate(partners)]
+
     def step(self, batch: Batch) -> None:
         self.task = batch.task
         if not batch.ids:
             return
         predictions = self.predict(batch)
         blind = self.predict(batch, blind=True) if self.blind else None
+        mismatched = self.predict_mismatched(batch) if self.mismatched else None
         choices = blind_choices = None
         if batch.option_ids is not None:  # multiple choice: also pick the most likely option
             choices = option_loglikelihood_choice(self.model, batch)
@@ -58,6 +97,8 @@ class Evaluator:
                       "prediction": predictions[i], "references": batch.references[i]}
             if blind is not None:
                 record["blind_prediction"] = blind[i]
+            if mismatched is not None:
+                record["mismatched_prediction"], record["mismatched_media"] = mismatched[i]
             if batch.meta is not None:
                 record["meta"] = batch.meta[i]
             if choices is not None:

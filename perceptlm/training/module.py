@@ -42,7 +42,9 @@ class InterfaceModule(LightningModule):
     of tuned LLM weights (default ``lr``, or the stage recipe's: LLaVA's stage 2 tunes the LLM at 2e-5).
     Faults: a NaN/inf loss stops the run (``nonfinite_loss="stop"``) or skips the step (``"skip"``);
     samples whose media fail to load are skipped and counted, and more than ``max_skipped_fraction``
-    of an epoch is an error. ``eval_blind`` also evaluates the blind baseline (perception zeroed).
+    of an epoch is an error. ``eval_blind`` also evaluates the blind baseline (perception zeroed),
+    ``eval_mismatched`` the mismatched-media baseline (each sample with another sample's media:
+    :func:`~perceptlm.training.evaluation.mismatched_partners`).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class InterfaceModule(LightningModule):
         max_skipped_fraction: float = 0.01, stage: str | None = None, init_from: str | None = None,
         freeze_connector: bool | None = None, compile_llm: bool = False, itc_weight: float = 0.0,
         special_tokens: list[str] | None = None, llm_dropout: bool = False, decay_all_parameters: bool = False,
+        eval_mismatched: bool = False,
     ) -> None:
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
@@ -72,7 +75,7 @@ class InterfaceModule(LightningModule):
             print(f"{len(copied)} tensors initialised from {init_from}")
         self.strict_loading = False  # checkpoints hold trainable weights only; checked in on_load_checkpoint
         self.skips, self.clock = SkipCounter(max_skipped_fraction), TrainClock()
-        self.evaluator = Evaluator(self.model, blind=eval_blind)
+        self.evaluator = Evaluator(self.model, blind=eval_blind, mismatched=eval_mismatched)
 
     @property
     def tokenizer(self) -> Any:
