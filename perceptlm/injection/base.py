@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -59,6 +59,49 @@ class Injection(nn.Module, metaclass=abc.ABCMeta):
         the connector yields ``connector_tokens``: those tokens, unless the injection turns them
         into others (LLaMA-Adapter's adaption prompts)."""
         return connector_tokens
+
+
+class PerLayerInjection(Injection):
+    """An injection that acts inside chosen LLM layers on the tokens of each selected encoder layer
+    (``[B, encoder layers, K, width]``, the connector run once per encoder layer), nothing at the
+    input. :meth:`context` holds the tokens and a per-forward cache (:attr:`cache`: what a layer
+    derives from them, computed once per forward or generation, not per decoding step)."""
+
+    per_encoder_layer = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._visual: Tensor | None = None
+        self.cache: dict[Any, Any] = {}
+
+    def prefix(self, visual: Tensor) -> None:
+        return None  # the tokens reach the LLM inside the target layers only
+
+    def num_prefix_tokens(self, num_visual_tokens: int) -> int:
+        return 0
+
+    @contextlib.contextmanager
+    def context(self, visual: Tensor) -> Iterator[None]:
+        if visual.dim() != 4:
+            raise ValueError(f"{type(self).__name__} takes tokens [B, encoder layers, K, width], "
+                             f"got shape {tuple(visual.shape)}")
+        previous = self._visual, self.cache
+        self._visual, self.cache = visual, {}
+        try:
+            yield
+        finally:
+            self._visual, self.cache = previous
+
+    def expand(self, num_beams: int) -> None:
+        """Beam search repeats every sample ``num_beams`` times: repeat the perceptual tokens too."""
+        if self._visual is not None:
+            self._visual = self._visual.repeat_interleave(num_beams, dim=0)
+            self.cache = {}
+
+    def encoder_layer(self, slot: int, targets: int) -> Tensor:
+        """The tokens ``[B, K, width]`` for target layer ``slot`` of ``targets``: the encoder layers are
+        spread over the target layers in proportion (DePALM: 4 encoder layers -> 12 LLM layers, 3 each)."""
+        return self._visual[:, slot * self._visual.shape[1] // targets]
 
 
 def target_layers(depth: int, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875,

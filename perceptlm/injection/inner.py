@@ -27,25 +27,22 @@ position (LLaMA-Adapter's prompts). The mechanism lives in :mod:`perceptlm.llm.a
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceptlm.injection.base import Injection, target_layers
+from perceptlm.injection.base import PerLayerInjection, target_layers
 from perceptlm.llm import attention
 from perceptlm.llm.language_model import LanguageModel
 
 
-class InnerInjection(Injection):
+class InnerInjection(PerLayerInjection):
     """Per-layer keys/values from perceptual tokens ``[B, E, K, H]`` (``E`` encoder layers, each
     mapped separately by the connector) in the target layers (:func:`target_layers`: explicit
     ``layers``, DePALM's ``last``/``count``, or every ``every``-th layer of ``[start, end)``)."""
-
-    per_encoder_layer = True
 
     def __init__(self, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875, every: int = 1,
                  last: int | None = None, count: int | None = None, token_norm: bool = False,
@@ -57,8 +54,6 @@ class InnerInjection(Injection):
         self.options = dict(layers=layers, start=start, end=end, every=every, last=last, count=count)
         self.token_norm, self.norm_eps, self.llm_norm, self.gated = token_norm, norm_eps, llm_norm, gated
         self.num_prompts, self.key_positions = adaption_prompts, key_positions
-        self._visual: Tensor | None = None
-        self._key_values: dict[int, tuple[Tensor, Tensor]] = {}
         self._slots: dict[int, int] = {}
 
     def install(self, llm: LanguageModel) -> None:
@@ -82,9 +77,7 @@ class InnerInjection(Injection):
     def tokens(self, slot: int) -> Tensor:
         """The tokens entering target layer ``slot``: its encoder layer's tokens (in proportion),
         normalised/scaled, added to the adaption prompts when there are any."""
-        visual = self._visual
-        encoder_layer = slot * visual.shape[1] // len(self.layer_indices)
-        tokens = visual[:, encoder_layer]
+        tokens = self.encoder_layer(slot, len(self.layer_indices))
         if self.token_norm:
             tokens = F.rms_norm(tokens, (tokens.shape[-1],), self.norm_weight[slot], self.norm_eps)
             tokens = tokens * self.scale[slot] + self.bias[slot]
@@ -96,42 +89,20 @@ class InnerInjection(Injection):
         slot = self._slots.get(id(module))
         if self._visual is None or slot is None:
             return None
-        if slot not in self._key_values:  # once per forward / generation, not per decoding step
+        if slot not in self.cache:  # once per forward / generation, not per decoding step
             llm = self._llm[0]
             layer = llm.layers[self.layer_indices[slot]]
             tokens = self.tokens(slot).to(next(layer.parameters()).dtype)
             keys, values = llm.adapter.key_values(layer, tokens, normalise=self.llm_norm)
             if self.key_positions == "before_text":
                 keys = rotate_before_text(llm, layer, keys)
-            self._key_values[slot] = keys, values
-        keys, values = self._key_values[slot]
+            self.cache[slot] = keys, values
+        keys, values = self.cache[slot]
         return keys, values, self.gates[slot] if self.gated else None
-
-    def prefix(self, visual: Tensor) -> None:
-        return None  # the tokens reach the LLM as keys/values inside the target layers only
-
-    def num_prefix_tokens(self, num_visual_tokens: int) -> int:
-        return 0
 
     def num_perceptual_tokens(self, connector_tokens: int) -> int:
         """LLaMA-Adapter: the adaption prompts carry the features (``num_prompts`` per layer)."""
         return self.num_prompts or connector_tokens
-
-    @contextlib.contextmanager
-    def context(self, visual: Tensor) -> Iterator[None]:
-        if visual.dim() != 4:
-            raise ValueError(f"inner injection takes tokens [B, encoder layers, K, H], got shape {tuple(visual.shape)}")
-        previous = self._visual, self._key_values
-        self._visual, self._key_values = visual, {}
-        try:
-            yield
-        finally:
-            self._visual, self._key_values = previous
-
-    def expand(self, num_beams: int) -> None:
-        if self._visual is not None:
-            self._visual = self._visual.repeat_interleave(num_beams, dim=0)
-            self._key_values = {}
 
 
 def rotate_before_text(llm: LanguageModel, layer: nn.Module, keys: Tensor) -> Tensor:

@@ -22,14 +22,13 @@ evaluation instead of in training. Flamingo's per-layer gated dense blocks are
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from perceptlm.injection.base import Injection, target_layers
+from perceptlm.injection.base import PerLayerInjection, target_layers
 from perceptlm.llm.language_model import LanguageModel
 
 
@@ -65,12 +64,10 @@ class SharedCrossAttention(nn.Module):
         return hidden + (torch.tanh(self.gate) * out).to(hidden.dtype)
 
 
-class SharedCrossAttentionInjection(Injection):
+class SharedCrossAttentionInjection(PerLayerInjection):
     """DePALM c-attn: :class:`SharedCrossAttention` before each target layer (:func:`target_layers`;
     DePALM: ``last=-4, count=12``, layers 17-28 of 32), reading the connector's tokens
     ``[B, E, K, width]`` of the encoder layer assigned to that layer."""
-
-    per_encoder_layer = True
 
     def __init__(self, layers: Sequence[int] | None = None, start: float = 0.5, end: float = 0.875, every: int = 1,
                  last: int | None = None, count: int | None = None, width: int = 1024, num_heads: int = 8,
@@ -78,8 +75,6 @@ class SharedCrossAttentionInjection(Injection):
         super().__init__()
         self.options = dict(layers=layers, start=start, end=end, every=every, last=last, count=count)
         self.width, self.num_heads, self.dropout, self.norm_eps = width, num_heads, dropout, norm_eps
-        self._visual: Tensor | None = None
-        self._key_values: dict[int, tuple[Tensor, Tensor]] = {}
 
     def token_width(self, llm_hidden: int) -> int:
         return self.width
@@ -93,11 +88,10 @@ class SharedCrossAttentionInjection(Injection):
     def _key_values_of(self, slot: int) -> tuple[Tensor, Tensor]:
         """The block's keys/values for target layer ``slot``: computed once per encoder layer and
         forward (or generation), not per target layer or decoding step."""
-        visual = self._visual
-        encoder_layer = slot * visual.shape[1] // len(self.layer_indices)
-        if encoder_layer not in self._key_values:
-            self._key_values[encoder_layer] = self.block.key_values(visual[:, encoder_layer])
-        return self._key_values[encoder_layer]
+        encoder_layer = slot * self._visual.shape[1] // len(self.layer_indices)
+        if encoder_layer not in self.cache:
+            self.cache[encoder_layer] = self.block.key_values(self.encoder_layer(slot, len(self.layer_indices)))
+        return self.cache[encoder_layer]
 
     def _hook(self, slot: int) -> Any:
         def before_layer(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -112,25 +106,3 @@ class SharedCrossAttentionInjection(Injection):
 
         return before_layer
 
-    def prefix(self, visual: Tensor) -> None:
-        return None  # the tokens reach the LLM through the block only
-
-    def num_prefix_tokens(self, num_visual_tokens: int) -> int:
-        return 0
-
-    @contextlib.contextmanager
-    def context(self, visual: Tensor) -> Iterator[None]:
-        if visual.dim() != 4:
-            raise ValueError(f"c-attn takes tokens [B, encoder layers, K, width], got shape {tuple(visual.shape)}")
-        previous = self._visual, self._key_values
-        self._visual, self._key_values = visual, {}
-        try:
-            yield
-        finally:
-            self._visual, self._key_values = previous
-
-    def expand(self, num_beams: int) -> None:
-        """Beam search repeats every sample ``num_beams`` times: repeat the perceptual tokens too."""
-        if self._visual is not None:
-            self._visual = self._visual.repeat_interleave(num_beams, dim=0)
-            self._key_values = {}
