@@ -263,6 +263,20 @@ def script(column: str, mechanism: str) -> tuple[str, bool]:
 EXPERIMENT_PROMPTS = {"depalm": 16, "depalm_resampler": 1, "epalm": 10, "limber": 0, "mapl": 0}
 EXPERIMENT_MAPPER_LAYERS = {"depalm": 4, "mapl": 4}
 EXPERIMENT_WIDTHS = {"depalm": 1024, "mapl": 256, "limber": None, "epalm": None}  # adapter.embed_dim
+# The scripts' value overrides -> the Recipe field each sets, and its type.
+VALUE_OVERRIDES: dict[str, tuple[str, Any]] = {
+    "llm": ("llm", str),
+    "feat_model": ("feat_model", str),
+    "training.optimizer.args.lr": ("lr", float),
+    "training.clip_norm": ("clip", float),
+    "dataset.splits.train.batch_size": ("batch_size", int),
+    "training.accumulate_steps": ("accumulation", int),
+    "training.epochs": ("epochs", int),
+    "dataset.splits.train.max_rows": ("fraction", float),
+    "finetune.prompt_tuning.new_tokens": ("prompt_tokens", int),
+    "adapter.transformer.n_layers": ("mapper_layers", int),
+    "feat_model.average_time": ("average_time", lambda value: value == "true"),
+}
 @dataclass
 class Recipe:
     """What a cell's script sets, with the released config defaults (config/run.yaml, experiment/,
@@ -302,28 +316,9 @@ def recipe(column: str, mechanism: str) -> Recipe:
             r.clip, r.accumulation, r.mapper_layers = 0.05, 2, 1
         elif key == "mod" and value == "insert_l0":
             r.prompt_tokens = 1
-        elif key == "llm":
-            r.llm = value
-        elif key == "feat_model":
-            r.feat_model = value
-        elif key == "training.optimizer.args.lr":
-            r.lr = float(value)
-        elif key == "training.clip_norm":
-            r.clip = float(value)
-        elif key == "dataset.splits.train.batch_size":
-            r.batch_size = int(value)
-        elif key == "training.accumulate_steps":
-            r.accumulation = int(value)
-        elif key == "training.epochs":
-            r.epochs = int(value)
-        elif key == "dataset.splits.train.max_rows":
-            r.fraction = float(value)
-        elif key == "finetune.prompt_tuning.new_tokens":
-            r.prompt_tokens = int(value)
-        elif key == "adapter.transformer.n_layers":
-            r.mapper_layers = int(value)
-        elif key == "feat_model.average_time":
-            r.average_time = value == "true"
+        elif key in VALUE_OVERRIDES:
+            name, convert = VALUE_OVERRIDES[key]
+            setattr(r, name, convert(value))
         elif key == "adapter.embed_dim":
             r.checks["width"] = {"llm_dim": "llm", "auto": None}.get(value, int(value) if value.isdigit() else value)
         elif key == "resampler.type":  # the scripts' "qsformer" is not in the released code: qpmapper
