@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -249,6 +249,10 @@ class MediaAugmentation:
 
     def after(self, media: Any, generator: np.random.Generator | None) -> Any:
         return media
+
+    def apply(self, item: Any, preprocess: Callable[[Any], Any], generator: np.random.Generator | None) -> Any:
+        """``item`` through :meth:`before`, the encoder's ``preprocess``, then :meth:`after`."""
+        return self.after(preprocess(self.before(item, generator)), generator)
 
     def describe(self) -> dict[str, Any]:
         """What it does, for the feature cache's key (deterministic transforms only)."""

@@ -7,16 +7,17 @@ import math
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from perceptlm.data.augment import MediaAugmentation, check_augment, depalm_augmentation
 from perceptlm.data.collate import DEFAULT_TEMPLATES, Collator, Sample
 from perceptlm.data.resumable import ResumableDataLoader
+from perceptlm.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from perceptlm.data.feature_cache import cached_dataset, check_cacheable, stack_features
 
 AUGMENT_STREAM = 1  # the 4th seed word of augmentation draws, apart from the frame draws of (seed, epoch, index)
@@ -81,7 +82,7 @@ class MediaDataset(Dataset):
         generator = None
         if augmentation.random:
             generator = np.random.default_rng((self.seed, self.epoch, index, AUGMENT_STREAM))
-        return augmentation.after(self.preprocess(augmentation.before(item, generator)), generator)
+        return augmentation.apply(item, self.preprocess, generator)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,57 +98,6 @@ class MediaDataset(Dataset):
             reason = f"{sample.media}: {type(error).__name__}: {error}"
             return Sample(sample.id, None, sample.prompt, sample.targets, {**sample.extra, "skipped": reason})
         return Sample(sample.id, media, sample.prompt, sample.targets, {**sample.extra, "source": str(sample.media)})
-
-
-class EpochShuffleSampler(DistributedSampler):
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order as an
-    uninterrupted one (Lightning calls :meth:`set_epoch`; it is passed on to ``dataset`` when given,
-    for per-epoch media sampling). Under ``torch.distributed`` rank r takes positions r, r+W, ...
-    of the shuffle (padded like ``DistributedSampler``), so Lightning keeps this sampler as it is.
-    :meth:`skip` starts the next iteration part-way (a resumed epoch, see ``ResumableDataLoader``)."""
-
-    def __init__(self, size: int, seed: int, dataset: Any = None, num_replicas: int | None = None,
-                 rank: int | None = None) -> None:
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        num_replicas = num_replicas or (torch.distributed.get_world_size() if distributed else 1)
-        rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
-        super().__init__(dataset if dataset is not None else range(size), num_replicas=num_replicas, rank=rank,
-                         shuffle=True, seed=seed, drop_last=False)
-        self.size, self._skip = size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def skip(self, count: int) -> None:
-        """Leave out the first ``count`` indices of this rank's next iteration (once)."""
-        self._skip = count
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        if self.num_replicas > 1:
-            order = (order * math.ceil(self.total_size / max(1, self.size)))[: self.total_size]
-            order = order[self.rank : self.total_size : self.num_replicas]
-        skip, self._skip = self._skip, 0
-        return iter(order[skip:])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Rank r takes samples r, r+W, r+2W, ...: no padding duplicates and no drops."""
-
-    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 def check_eval_limits(val_limit: int | None, test_limit: int | None) -> None:
@@ -368,7 +318,7 @@ class PerceptionDataModule(LightningDataModule):
         if augmentation.random:
             raise ValueError(f"{type(self).__name__}: the {stage} stage draws a random augmentation "
                              f"(augment={self.augment!r}); it has no deterministic preprocessing")
-        return lambda item: augmentation.after(self._preprocess(augmentation.before(item, None)), None)
+        return partial(augmentation.apply, preprocess=self._preprocess, generator=None)
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["predict"]}

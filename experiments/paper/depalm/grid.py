@@ -19,6 +19,7 @@ to the repository root. Pure standard library (+ PyYAML for the sweep files).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -387,10 +388,15 @@ def template(column: str, llm: str) -> str:
     return text + ANSWER_TOKEN[llm]
 
 
+@functools.cache
+def preset_file(mechanism: str) -> dict[str, Any]:
+    """The preset file ``perceptlm/presets/<mechanism>.yaml``, read once."""
+    return yaml.safe_load((HERE.parents[2] / "perceptlm" / "presets" / f"{mechanism}.yaml").read_text())
+
+
 def preset_field(mechanism: str, key: str) -> Any:
-    """A field of the preset file ``perceptlm/presets/<mechanism>.yaml``."""
-    path = HERE.parents[2] / "perceptlm" / "presets" / f"{mechanism}.yaml"
-    return yaml.safe_load(path.read_text()).get(key)
+    """A field of the preset file of ``mechanism``."""
+    return preset_file(mechanism).get(key)
 
 
 def features(cell: Cell, r: Recipe) -> dict[str, Any]:
