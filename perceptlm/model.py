@@ -127,8 +127,8 @@ class PerceptualLM(nn.Module):
         layers = 1 if self.injection.per_encoder_layer else encoder.num_selected_layers
         mapped = self.connector.num_output_tokens(
             encoder.num_tokens * layers,
-            grid=None if encoder.token_selection == "cls" else encoder.grid,
-            has_cls=encoder.has_cls and encoder.token_selection != "patches",
+            grid=None if encoder.token_selection in ("cls", "mean") else encoder.grid,
+            has_cls=encoder.has_cls and encoder.token_selection not in ("patches", "mean"),
             num_layers=layers,
         )
         return self.injection.num_perceptual_tokens(mapped)

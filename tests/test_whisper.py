@@ -201,3 +201,26 @@ def test_preprocess_crops_long_audio_and_rejects_bad_input(tmp_path):
         encoder.preprocess(tmp_path / "missing.wav")
     with pytest.raises(ValueError, match=r"\[B, 80, 3000\]"):
         encoder(torch.zeros(1, 80, 100))
+
+
+def test_seconds_keeps_the_first_frames_and_mean_is_the_valid_frames_average(tiny_items):
+    """``seconds=2`` keeps the 100 frames of the first 2 s, equal to the full window's first 100;
+    ``tokens="mean"`` averages the valid frames only (the 0.5 s clip: its first 25)."""
+    batch = WhisperAudioEncoder.stack_media(tiny_items)
+    full = tiny_audio_encoder()(batch)
+    short = tiny_audio_encoder(seconds=2.0)
+    features = short(batch)
+    assert short.num_tokens == 100 and features.tokens.shape == (2, 1, 100, 64)
+    torch.testing.assert_close(features.tokens, full.tokens[:, :, :100])
+    assert features.mask.sum(1).tolist() == [100, 25]
+    mean = tiny_audio_encoder(seconds=2.0, tokens="mean")
+    pooled = mean(batch)
+    assert mean.num_tokens == 1 and pooled.tokens.shape == (2, 1, 1, 64) and pooled.mask.all()
+    assert pooled.cls_index is None and pooled.grid is None
+    torch.testing.assert_close(pooled.tokens[0, 0, 0], full.tokens[0, 0, :100].mean(0))
+    torch.testing.assert_close(pooled.tokens[1, 0, 0], full.tokens[1, 0, :25].mean(0))
+    assert (pooled.tokens[1, 0, 0] - full.tokens[1, 0, :100].mean(0)).abs().max() > 1e-3  # padding left out
+    assert mean.blank(2, pooled.tokens).tokens.shape == (2, 1, 1, 64)
+    assert short.preprocess_config()["seconds"] == 2.0  # part of the feature cache's key
+    with pytest.raises(ValueError, match="valid: 0 < seconds <= 30"):
+        tiny_audio_encoder(seconds=31)

@@ -2,7 +2,8 @@
 
 Feature extraction follows DePALM §3.1: any block's output can be read (the encoder's final norm
 applied to every selected layer when it has one), the last ``k`` layers or explicit indices, and
-CLS only, patches only or all tokens.
+CLS only, patches only, all tokens, or the mean of the valid tokens (one global token for encoders
+without CLS, such as Whisper).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-TokenSelection = Literal["all", "cls", "patches"]
-TOKEN_SELECTIONS: tuple[str, ...] = ("all", "cls", "patches")
+TokenSelection = Literal["all", "cls", "patches", "mean"]
+TOKEN_SELECTIONS: tuple[str, ...] = ("all", "cls", "patches", "mean")
 
 
 @dataclass
@@ -180,7 +181,7 @@ class PerceptualEncoder(nn.Module):
     @property
     def num_tokens(self) -> int:
         """Tokens per selected layer after token selection."""
-        if self.token_selection == "cls":
+        if self.token_selection in ("cls", "mean"):
             return 1
         if self.token_selection == "patches" and self.has_cls:
             return self.num_raw_tokens - 1
@@ -214,6 +215,10 @@ class PerceptualEncoder(nn.Module):
             tokens, mask, grid = tokens[:, :, :1], mask[:, :1], None
         elif self.token_selection == "patches" and self.has_cls:
             tokens, mask, cls_index = tokens[:, :, 1:], mask[:, 1:], None
+        elif self.token_selection == "mean":  # every valid token (CLS included) averaged: one global token
+            weights = mask[:, None, :, None].to(tokens.dtype)
+            tokens = (tokens * weights).sum(2, keepdim=True) / weights.sum(2, keepdim=True).clamp_min(1)
+            mask, grid, cls_index = mask.any(1, keepdim=True), None, None
         return PerceptualFeatures(tokens=tokens, mask=mask, cls_index=cls_index, grid=grid)
 
     def extra_repr(self) -> str:

@@ -2,7 +2,9 @@
 
 Audio is resampled to 16 kHz mono and padded or cropped to Whisper's 30 s window, giving an 80 x 3000
 log-mel spectrogram (hop 160 samples); the encoder's stride-2 convolution turns that into 1500 frames
-of 20 ms. Frames past the end of the real audio are masked out.
+of 20 ms. Frames past the end of the real audio are masked out. ``seconds`` keeps only the frames of
+the first ``seconds`` (the encoder still reads the full window, as Whisper was trained): for clips no
+longer than that, the rest is the padding's encoding, and a shorter output keeps the LLM's input short.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class WhisperAudioEncoder(PerceptualEncoder):
         tokens: TokenSelection = "all",
         final_norm: bool = True,
         trainable: bool = False,
+        seconds: float | None = None,
     ) -> None:
         super().__init__(layers=layers, tokens=tokens, final_norm=final_norm, trainable=trainable)
         config = encoder.config
@@ -93,9 +96,14 @@ class WhisperAudioEncoder(PerceptualEncoder):
         self.feature_extractor = feature_extractor or default_feature_extractor(config.num_mel_bins)
         self.embed_dim = config.d_model
         self.num_layers = config.encoder_layers
-        self.num_raw_tokens = config.max_source_positions
         self.num_mel_frames = config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
         self.conv_stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        window = self.num_mel_frames * HOP_LENGTH / SAMPLE_RATE
+        if seconds is not None and not 0 < seconds <= window:
+            raise ValueError(f"{name}: seconds={seconds} is outside Whisper's window; valid: 0 < seconds <= {window:g}")
+        self.seconds = seconds
+        self.num_raw_tokens = config.max_source_positions if seconds is None else \
+            encoder_frames(round(seconds * SAMPLE_RATE), HOP_LENGTH, self.conv_stride, config.max_source_positions)
         self.setup_selection()
 
     # -- media ---------------------------------------------------------------------------------
@@ -163,7 +171,7 @@ class WhisperAudioEncoder(PerceptualEncoder):
         finally:
             for handle in handles:
                 handle.remove()
-        states = [captured[i] for i in layers]
+        states = [captured[i][:, :self.num_raw_tokens] for i in layers]
         mask = None
         if frames is not None:
             positions = torch.arange(states[0].shape[1], device=states[0].device)

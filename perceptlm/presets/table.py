@@ -15,7 +15,8 @@ TUNING_LABELS = {"lora": "LoRA"}
 
 def describe_features(features: dict) -> str:
     """``{"layers": 1, "tokens": "all"}`` -> "all tokens, last layer"."""
-    tokens = {"all": "all tokens", "cls": "CLS", "patches": "patches"}.get(features.get("tokens", "all"))
+    tokens = {"all": "all tokens", "cls": "CLS", "patches": "patches", "mean": "token mean"}.get(
+        features.get("tokens", "all"))
     layers = features.get("layers", 1)
     if isinstance(layers, int):
         where = "last layer" if layers == 1 else f"last {layers} layers"
