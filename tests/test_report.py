@@ -54,6 +54,32 @@ def test_several_run_folders_make_one_table(tmp_path, capsys):
         load_results(tmp_path / "c", tmp_path / "d")
 
 
+def test_tasks_of_one_dataset_are_columns_and_baselines_have_margins(tmp_path, capsys):
+    """easy-VQA's VQA and captions are two columns; the mismatched and blind baselines get their own
+    table with the smallest per-seed margin (seed 1's 0.70 - 0.60 for VQA)."""
+    for seed, (value, mismatched) in enumerate([(0.80, 0.50), (0.70, 0.60)]):
+        path = tmp_path / f"vqa{seed}" / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"accuracy": value, "mismatched_accuracy": mismatched, "blind_accuracy": 0.4,
+                                    "preset": "qp", "dataset": "easy-vqa", "task": "vqa", "seed": seed,
+                                    "visual_tokens": 32, "trainable_params": 10, "train_seconds": 5.0}))
+    path = tmp_path / "caption" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"cider": 2.0, "preset": "qp", "dataset": "easy-vqa", "task": "caption", "seed": 0,
+                                "fraction": 0.01, "visual_tokens": 32}))
+    table = aggregate(load_results(tmp_path))
+    assert table["columns"] == ["easy-vqa caption 0.01", "easy-vqa vqa"]
+    baselines = table["rows"][0]["baselines"]["easy-vqa vqa"]
+    assert baselines["mismatched"][0] == pytest.approx(55.0) and baselines["mismatched margin"] == pytest.approx(10.0)
+    assert baselines["blind margin"] == pytest.approx(30.0) and "easy-vqa caption 0.01" not in table["rows"][0]["baselines"]
+    main([str(tmp_path), "--out", str(tmp_path / "out" / "table")])
+    out = capsys.readouterr().out
+    assert "| 1 | qp | 200.00 ± 0.00 (n=1) | 75.00 ± 7.07 (n=2) | 100.0 | 10 | 32 | 5 |" in out
+    assert "| qp | easy-vqa vqa | 75.00 ± 7.07 (n=2) | 55.00 ± 7.07 (n=2) | +10.00 | 40.00 ± 0.00 (n=2) | +30.00 |" in out
+    header = (tmp_path / "out" / "table.csv").read_text().splitlines()[0]
+    assert "easy-vqa vqa mismatched margin" in header and header.endswith("visual_tokens,train_seconds")
+
+
 def test_bad_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results.json"):
         load_results(tmp_path)

@@ -1,9 +1,11 @@
 """Aggregate ``results.json`` files into the papers' comparison tables.
 
-DePALM's table: one row per mechanism (preset), one column per benchmark (dataset, plus fraction
-when below 1): mean and standard deviation over seeds. DePALM's Score is the mean over benchmarks
-of ``value / best value in that column * 100``; rows are ranked by it. Also reported: trainable
-parameters and train time. Written as Markdown and CSV, and as a PNG of quality against train time.
+DePALM's table: one row per mechanism (preset), one column per benchmark (dataset, its task where
+the records hold several tasks of one dataset, plus fraction when below 1): mean and standard
+deviation over seeds. DePALM's Score is the mean over benchmarks of ``value / best value in that
+column * 100``; rows are ranked by it. Also reported: trainable parameters, perceptual tokens and
+train time, and, where the records carry them, the mismatched-media and blind baselines of every
+cell with the smallest per-seed margin over each. Written as Markdown and CSV, and as a PNG of quality against train time.
 
 The instruction comparison (Garg & Bas; results of the ``instruct`` task, chosen automatically when
 every result is one): one table per task family, one row per configuration (the folder above the
@@ -51,18 +53,32 @@ def load_results(*roots: str | Path) -> list[dict[str, Any]]:
     return results
 
 
-def benchmark_of(record: dict[str, Any]) -> str:
+def benchmark_of(record: dict[str, Any], tasks: dict[str, set[str]] | None = None) -> str:
+    """The record's table column: its dataset, with its task where the records hold several tasks
+    of that dataset (``tasks``: dataset -> tasks), and its training fraction when below 1."""
     fraction = record.get("fraction")
     name = str(record.get("dataset"))
+    if tasks and len(tasks.get(name, ())) > 1:
+        name = f"{name} {record.get('task')}"
     return f"{name} {fraction:g}" if fraction not in (None, 1, 1.0) else name
 
 
-def metric_of(record: dict[str, Any], metrics: tuple[str, ...]) -> float:
+def metric_key(record: dict[str, Any], metrics: tuple[str, ...]) -> str:
+    """The first of ``metrics`` the record has."""
     for metric in metrics:
         if record.get(metric) is not None:
-            value = float(record[metric])
-            return value * 100 if metric in K.HEADLINE else value
+            return metric
     raise KeyError(f"{record['_path']}: none of the metrics {list(metrics)} is present")
+
+
+def metric_of(record: dict[str, Any], metrics: tuple[str, ...], prefix: str = "") -> float | None:
+    """The record's value of its first present metric, on the tables' scale (headline metrics x 100);
+    with ``prefix`` (``blind_``, ``mismatched_``) that metric's baseline twin, None when absent."""
+    metric = metric_key(record, metrics)
+    value = record.get(prefix + metric)
+    if value is None:
+        return None
+    return float(value) * 100 if metric in K.HEADLINE else float(value)
 
 
 def _stats(values: list[float]) -> tuple[float, float, int]:
@@ -92,15 +108,33 @@ def _pyplot() -> Any:
     return plt
 
 
+BASELINES = (("mismatched", K.MISMATCHED), ("blind", K.BLIND))
+
+
 def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = DEFAULT_METRICS) -> dict[str, Any]:
-    """Rows (mechanisms) x columns (benchmarks) of (mean, std, seeds), plus Score and rank."""
+    """Rows (mechanisms) x columns (benchmarks) of (mean, std, seeds), plus Score and rank; per cell
+    also the baselines the records carry (mismatched media, blind) and the smallest per-seed margin
+    of the model over each."""
     cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    baselines: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     params: dict[str, int] = {}
+    tokens: dict[str, int] = {}
     train: dict[str, list[float]] = defaultdict(list)
+    tasks: dict[str, set[str]] = defaultdict(set)
     for record in results:
-        row = str(record.get("preset"))
-        cells[row][benchmark_of(record)].append(metric_of(record, metrics))
+        tasks[str(record.get("dataset"))].add(str(record.get("task")))
+    for record in results:
+        row, column = str(record.get("preset")), benchmark_of(record, tasks)
+        value = metric_of(record, metrics)
+        cells[row][column].append(value)
+        for name, prefix in BASELINES:
+            baseline = metric_of(record, metrics, prefix)
+            if baseline is not None:
+                baselines[row][column][name].append(baseline)
+                baselines[row][column][f"{name} margin"].append(value - baseline)
         params[row] = int(record.get("trainable_params") or 0)
+        if record.get("visual_tokens") is not None:
+            tokens[row] = int(record["visual_tokens"])
         if record.get("train_seconds") is not None:
             train[row].append(float(record["train_seconds"]))
     columns = sorted({c for row in cells.values() for c in row})
@@ -111,36 +145,64 @@ def aggregate(results: list[dict[str, Any]], metrics: tuple[str, ...] = DEFAULT_
         ratios = [entries[c][0] / best[c] * 100 for c in columns if c in entries and best[c] > 0]
         rows.append({"preset": name, "cells": entries, "score": statistics.fmean(ratios) if ratios else 0.0,
                      "complete": len(entries) == len(columns), "trainable_params": params[name],
+                     "visual_tokens": tokens.get(name),
+                     "baselines": {c: {k: (min(v) if k.endswith("margin") else _stats(v)) for k, v in b.items()}
+                                   for c, b in baselines[name].items()},
                      "train_seconds": statistics.fmean(train[name]) if train[name] else None})
-    rows.sort(key=lambda r: -r["score"])
+    rows.sort(key=lambda r: (-r["score"], r["preset"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     return {"columns": columns, "rows": rows}
 
 
+def _mean_std(value: tuple[float, float, int]) -> str:
+    return f"{value[0]:.2f} ± {value[1]:.2f} (n={value[2]})"
+
+
 def to_markdown(table: dict[str, Any]) -> str:
     columns = table["columns"]
-    head = ["rank", "preset", *columns, "Score", "trainable", "train s"]
+    head = ["rank", "preset", *columns, "Score", "trainable", "visual tokens", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table["rows"]:
-        cells = [f"{row['cells'][c][0]:.2f} ± {row['cells'][c][1]:.2f} (n={row['cells'][c][2]})"
-                 if c in row["cells"] else "—" for c in columns]
+        cells = [_mean_std(row["cells"][c]) if c in row["cells"] else "—" for c in columns]
         train = f"{row['train_seconds']:.0f}" if row["train_seconds"] is not None else "—"
         score = f"{row['score']:.1f}" + ("" if row["complete"] else "*")
+        visual = str(row["visual_tokens"]) if row["visual_tokens"] is not None else "—"
         lines.append("| " + " | ".join([str(row["rank"]), row["preset"], *cells, score,
-                                        f"{row['trainable_params']:,}", train]) + " |")
+                                        f"{row['trainable_params']:,}", visual, train]) + " |")
     lines.append("")
     lines.append("Score: mean over benchmarks of value / best value in the column x 100 (DePALM); "
                  "* = computed over the benchmarks this row has.")
+    if any(row["baselines"] for row in table["rows"]):
+        lines += ["", "Baselines of the same models: each test sample given another test sample's media "
+                  "(mismatched) or zeroed media (blind); margin = the smallest per-seed difference, model "
+                  "minus baseline.", "", "| preset | column | model | mismatched | margin | blind | margin |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in table["rows"]:
+            for column in columns:
+                baseline = row["baselines"].get(column)
+                if not baseline:
+                    continue
+                parts = [_mean_std(baseline[n]) if n in baseline else "—" for n in ("mismatched", "blind")]
+                margins = [f"{baseline[n + ' margin']:+.2f}" if n in baseline else "—" for n in ("mismatched", "blind")]
+                lines.append(f"| {row['preset']} | {column} | {_mean_std(row['cells'][column])} | {parts[0]} | "
+                             f"{margins[0]} | {parts[1]} | {margins[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def _baseline_csv(row: dict[str, Any], column: str, name: str) -> tuple[Any, Any]:
+    baseline = row["baselines"].get(column, {})
+    return (baseline[name][0], baseline[f"{name} margin"]) if name in baseline else ("", "")
 
 
 def write_report(table: dict[str, Any], out: str | Path) -> list[Path]:
     """``out.md``, ``out.csv`` and ``out.png`` (Score against train time)."""
     header = ["rank", "preset", *[f"{c} {k}" for c in table["columns"] for k in ("mean", "std", "n")],
-              "score", "trainable_params", "train_seconds"]
+              *[f"{c} {name} {k}" for c in table["columns"] for name, _ in BASELINES for k in ("mean", "margin")],
+              "score", "trainable_params", "visual_tokens", "train_seconds"]
     rows = [[row["rank"], row["preset"], *[x for c in table["columns"] for x in (row["cells"].get(c) or ("", "", ""))],
-             f"{row['score']:.4f}", row["trainable_params"],
+             *[x for c in table["columns"] for name, _ in BASELINES for x in _baseline_csv(row, c, name)],
+             f"{row['score']:.4f}", row["trainable_params"], "" if row["visual_tokens"] is None else row["visual_tokens"],
              row["train_seconds"] if row["train_seconds"] is not None else ""] for row in table["rows"]]
     paths = _write_tables(out, to_markdown(table), header, rows)
     plt = _pyplot()
