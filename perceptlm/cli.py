@@ -14,6 +14,7 @@ import sys
 import warnings
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -22,6 +23,7 @@ from perceptlm.evaluation.report import main as report
 from perceptlm.model import PerceptualLM
 from perceptlm.training import InterfaceModule
 from perceptlm.training.callbacks import PreemptionCheckpoint
+from perceptlm.training.cpu import check_threads, cpu_precision
 
 # Frozen backbones stay in eval mode during fit by design (see PerceptualLM.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -77,6 +79,12 @@ class PerceptLMCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        check_threads()
+        subcommand = self.config.get("subcommand")
+        trainer = self.config[subcommand].get("trainer") if subcommand else self.config.get("trainer")
+        if trainer is not None and (trainer.get("accelerator") == "cpu" or (
+                trainer.get("accelerator") in ("auto", None) and not torch.cuda.is_available())):
+            trainer["precision"] = cpu_precision(trainer.get("precision"))  # no emulated bfloat16
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
