@@ -98,3 +98,24 @@ def test_unconnected_datamodule_explains_itself():
     dm.setup("fit")
     with pytest.raises(RuntimeError, match="connect"):
         dm.train_dataloader()
+
+
+def test_question_types_are_scored_separately():
+    """Each test question carries its type; VQA scoring adds one accuracy per type (and the baselines'
+    twins come from the same scoring)."""
+    from perceptlm.data.easyvqa import question_type
+    from perceptlm.evaluation.scoring import score_records
+
+    samples = EasyVQADataModule(test_limit=None).load_samples("test")
+    types = [s.extra["meta"]["question_type"] for s in samples]
+    assert set(types) == {"yesno", "color", "shape"} and all(question_type(s.targets[0]) == t for s, t in zip(samples, types))
+    assert types.count("yesno") > types.count("color") > 0
+    with pytest.raises(ValueError, match="'maybe' is not yes/no"):
+        question_type("maybe")
+    records = [{"prediction": p, "blind_prediction": "no", "references": [r], "meta": {"question_type": t}}
+               for p, r, t in (("red", "red", "color"), ("blue", "teal", "color"), ("yes", "no", "yesno"),
+                               ("circle", "circle", "shape"))]
+    metrics = score_records("vqa", records)
+    assert metrics["accuracy"] == 0.5 and metrics["color_accuracy"] == 0.5 and metrics["shape_accuracy"] == 1.0
+    assert metrics["yesno_accuracy"] == 0.0 and metrics["blind_yesno_accuracy"] == 1.0
+    assert metrics["blind_color_accuracy"] == 0.0

@@ -51,6 +51,17 @@ def read_questions(path: Path) -> list[tuple[str, str, int]]:
     return out
 
 
+def question_type(answer: str) -> str:
+    """easy-VQA's three question types, told apart by the answer: ``yesno``, ``color`` or ``shape``."""
+    if answer in ("yes", "no"):
+        return "yesno"
+    if answer in COLORS:
+        return "color"
+    if answer in SHAPES:
+        return "shape"
+    raise ValueError(f"easy-VQA answer {answer!r} is not yes/no, a colour {COLORS} or a shape {SHAPES}")
+
+
 def caption_of(questions: list[tuple[str, str]]) -> str | None:
     """The "{color} {shape}" of an image from its (question, answer) pairs, or None if they do
     not determine both. Yes/no questions count, with their negation ("does the image not ...")."""
@@ -105,7 +116,8 @@ class EasyVQADataModule(PerceptionDataModule):
             template = self.template
             return [
                 Sample(id=f"{split}-{i}", media=images / f"{image_id}.png",
-                       prompt=template.format(question=question), targets=[answer])
+                       prompt=template.format(question=question), targets=[answer],
+                       extra={"meta": {"question_type": question_type(answer)}})
                 for i, (question, answer, image_id) in enumerate(questions)
             ]
         by_image: dict[int, list[tuple[str, str]]] = {}

@@ -2,7 +2,8 @@
 datamodules attach: :func:`score` is the one entry; :func:`score_records` scores gathered evaluation
 records (the blind baseline and option likelihood included). Metric names: :mod:`perceptlm.evaluation.keys`.
 
-* ``vqa``: official VQA accuracy in [0, 1]; normalised exact match with one reference per question.
+* ``vqa``: official VQA accuracy in [0, 1]; normalised exact match with one reference per question;
+  ``{type}_accuracy`` per question type when every ``meta`` has ``question_type`` (easy-VQA).
 * ``caption`` (no ``meta``): CIDEr-D, BLEU-4, ROUGE-L on coco-caption's scale.
 
 The instruction-tuning tasks (Garg & Bas 2023): multiple choice, yes/no, conversation, LLaVA-Bench,
@@ -50,6 +51,19 @@ def _vqa(predictions: Sequence[str], references: Sequence[list[str]]) -> dict[st
         hits = [M.vqa_normalize_answer(p) == M.vqa_normalize_answer(r[0]) for p, r in zip(predictions, references)]
         return {K.ACCURACY: sum(hits) / len(hits)}
     return {K.ACCURACY: float(M.vqa_accuracy(list(predictions), [list(r) for r in references]))}
+
+
+def _vqa_by_type(predictions: Sequence[str], references: Sequence[list[str]],
+                 meta: Sequence[dict[str, Any] | None] | None) -> dict[str, float]:
+    """``{type}_accuracy`` per question type where every sample's ``meta`` names one (``question_type``:
+    easy-VQA's shape / color / yesno); nothing otherwise."""
+    if not meta or not all(m and "question_type" in m for m in meta):
+        return {}
+    groups: dict[str, list[int]] = {}
+    for index, m in enumerate(meta):
+        groups.setdefault(str(m["question_type"]), []).append(index)
+    return {K.prefixed(kind, K.ACCURACY): _vqa([predictions[i] for i in indices], [references[i] for i in indices])[K.ACCURACY]
+            for kind, indices in sorted(groups.items())}
 
 
 def _caption_text(predictions: Sequence[str], references: Sequence[list[str]]) -> dict[str, float]:
@@ -127,7 +141,7 @@ def score(task: str, predictions: Sequence[str], references: Sequence[list[str]]
     if task in TASKS or (task == "caption" and meta and any(meta)):
         return _score_instruction(task, predictions, references, meta)
     if task == "vqa":
-        return _vqa(predictions, references)
+        return {**_vqa(predictions, references), **_vqa_by_type(predictions, references, meta)}
     if task == "caption":
         return _caption_text(predictions, references)
     raise ValueError(f"no metrics for task {task!r}; valid tasks: 'vqa', 'caption', {', '.join(map(repr, TASKS))}")
