@@ -48,13 +48,15 @@ def test_committed_commands_are_current_and_cover_the_table(grid, tmp_path):
 
 
 def test_recipes_follow_the_paper_columns_at_scale(grid):
-    """Learning rate, clipping and accumulation are the released script's; the budget is a number of
+    """Learning rate, clipping and effective batch are the released script's; the budget is a number of
     samples; widths tied to 1024 / 4096 are scaled to SmolLM2's 576."""
     assert grid.scaled_width(1024) == 144 and grid.scaled_width(768) == 112
     c_attn = grid.fit_args(grid.Cell("depalm-c-attn", "vqa", 0))
-    assert option(c_attn, "--trainer.accumulate_grad_batches") == "2" and option(c_attn, "--trainer.gradient_clip_val") == "0.05"
-    batch = int(option(c_attn, "--data.init_args.batch_size"))
-    assert int(option(c_attn, "--trainer.max_steps")) * 2 * batch == grid.COLUMNS["vqa"].samples
+    released = grid.PAPER.recipe("vqav2", "depalm-c-attn")
+    assert (released.batch_size, released.accumulation) == (8, 2)  # micro-batch 8 x 2 -> one batch of 16
+    assert option(c_attn, "--trainer.accumulate_grad_batches") == "1" and option(c_attn, "--trainer.gradient_clip_val") == "0.05"
+    assert option(c_attn, "--data.init_args.batch_size") == "16"
+    assert int(option(c_attn, "--trainer.max_steps")) * 16 == grid.COLUMNS["vqa"].samples
     assert json.loads(option(c_attn, "--model.init_args.injection_options")) == {"width": 144}
     limber = grid.fit_args(grid.Cell("limber-1", "audio", 0))
     assert json.loads(option(limber, "--model.init_args.features")) == {"seconds": 4.0, "layers": 1, "tokens": "mean"}

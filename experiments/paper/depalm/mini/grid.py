@@ -9,7 +9,7 @@ frames, Whisper tiny.en for audio) and embedded data, 6 columns x 3 seeds, on a 
 
 Every cell follows the released recipe of the paper column it stands for (``Column.paper``, read by
 ``experiments/paper/depalm/grid.py``'s :func:`recipe` from the released per-cell script: learning
-rate, gradient clipping, micro-batch x accumulation, R-QPMapper's global mapper at 1 %) and the
+rate, gradient clipping, effective batch, R-QPMapper's global mapper at 1 %) and the
 preset's geometry (token counts, queries, layers, prompt tokens). What the scale changes:
 
 - widths tied to LLaMA-7B's 4096 or to DePALM's 1024-wide mappers are scaled by 576 / 4096 (the
@@ -18,9 +18,11 @@ preset's geometry (token counts, queries, layers, prompt tokens). What the scale
 - the encoder layers a preset reads are capped at what the encoder has (EfficientNet-Lite0 exposes
   one layer, Whisper tiny.en four), so multi-layer mechanisms read one layer several times on images;
 - a "CLS" reading on Whisper, which has none, is the mean of the clip's valid frames;
-- the budget is a number of training samples per column (``Column.samples``; steps =
-  samples / (batch x accumulation)), not DePALM's epochs; a 1 % column draws the same budget from 1 %
-  of the training pool (many passes over few samples: the data-starved regime at equal compute);
+- the budget is a number of training samples per column (``Column.samples``; steps = samples /
+  the released effective batch), not DePALM's epochs; a 1 % column draws the same budget from 1 % of
+  the training pool (many passes over few samples: the data-starved regime at equal compute);
+- the released micro-batch x accumulation (a GPU-memory device of LLaMA-7B runs: 1 x 16, 4 x 4, ...)
+  runs as one batch of the same effective size, the same optimisation at a fraction of the CPU time;
 - the encoder is frozen and nothing is augmented, so every cell trains and evaluates from the
   feature cache (``feature_cache: auto``); decoding is greedy.
 
@@ -87,10 +89,10 @@ class Column:
 
 EASYVQA = {"test_limit": 300}
 COLUMNS: dict[str, Column] = {
-    "vqa": Column("easyvqa", "vqav2", "efficientnet-lite0", 1200, 4, {"task": "vqa", **EASYVQA}),
-    "vqa-1pct": Column("easyvqa", "vqav2-1pct", "efficientnet-lite0", 1200, 4, {"task": "vqa", **EASYVQA}),
-    "caption": Column("easyvqa", "coco", "efficientnet-lite0", 1200, 8, {"task": "caption", **EASYVQA}),
-    "caption-1pct": Column("easyvqa", "coco-1pct", "efficientnet-lite0", 1200, 8, {"task": "caption", **EASYVQA}),
+    "vqa": Column("easyvqa", "vqav2", "efficientnet-lite0", 2400, 4, {"task": "vqa", **EASYVQA}),
+    "vqa-1pct": Column("easyvqa", "vqav2-1pct", "efficientnet-lite0", 2400, 4, {"task": "vqa", **EASYVQA}),
+    "caption": Column("easyvqa", "coco", "efficientnet-lite0", 2400, 8, {"task": "caption", **EASYVQA}),
+    "caption-1pct": Column("easyvqa", "coco-1pct", "efficientnet-lite0", 2400, 8, {"task": "caption", **EASYVQA}),
     "audio": Column("synth_audio", "audiocaps", "whisper-tiny.en", 960, 16, {}, {"seconds": 4.0}),
     "video": Column("synth_video", "msrvtt", "video:efficientnet-lite0", 960, 16,
                     {"train_frame_sampling": "uniform"}, {"num_frames": 4, "temporal": "concat"}),
@@ -152,9 +154,14 @@ def injection(cell: Cell) -> dict[str, Any]:
     return {"width": scaled_width(width)} if isinstance(width, int) else {}
 
 
-def steps(cell: Cell) -> int:
+def batch_size(cell: Cell) -> int:
+    """The released effective batch (micro-batch x accumulation), run as one batch."""
     recipe = PAPER.recipe(COLUMNS[cell.column].paper, cell.mechanism)
-    return COLUMNS[cell.column].samples // (recipe.batch_size * recipe.accumulation)
+    return recipe.batch_size * recipe.accumulation
+
+
+def steps(cell: Cell) -> int:
+    return COLUMNS[cell.column].samples // batch_size(cell)
 
 
 def _common(cell: Cell, job: str) -> list[str]:
@@ -182,7 +189,7 @@ def _common(cell: Cell, job: str) -> list[str]:
         "--data.init_args", json.dumps(data),
         "--data.init_args.augment", "none",
         "--data.init_args.feature_cache", "auto",
-        "--data.init_args.batch_size", str(recipe.batch_size),
+        "--data.init_args.batch_size", str(batch_size(cell)),
         "--data.init_args.fraction", "null" if column.fraction == 1.0 else f"{column.fraction:g}",
         "--data.init_args.seed", str(cell.seed),
         "--seed_everything", str(cell.seed),
@@ -200,8 +207,7 @@ def fit_args(cell: Cell) -> list[str]:
     recipe = PAPER.recipe(COLUMNS[cell.column].paper, cell.mechanism)
     return ["fit", *_common(cell, "fit"),
             "--trainer.max_steps", str(steps(cell)), "--trainer.limit_val_batches", "0",
-            "--trainer.gradient_clip_val", f"{recipe.clip:g}",
-            "--trainer.accumulate_grad_batches", str(recipe.accumulation),
+            "--trainer.gradient_clip_val", f"{recipe.clip:g}", "--trainer.accumulate_grad_batches", "1",
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
             "--trainer.callbacks.dirpath", f"{cell.run_dir}/checkpoints",
             "--trainer.callbacks.save_last", "true", "--trainer.callbacks.save_top_k", "0"]
