@@ -66,7 +66,7 @@ def test_recipes_follow_the_paper_columns_at_scale(grid):
     assert json.loads(option(one_pct, "--model.init_args.connector")) == {"width": 112, "global_layers": 1}
     assert option(one_pct, "--data.init_args.fraction") == "0.01"
     paper = grid.PAPER.recipe("vqav2", "mapl")
-    assert option(grid.fit_args(grid.Cell("mapl", "vqa", 0)), "--model.init_args.lr") == f"{paper.lr:g}"
+    assert option(grid.fit_args(grid.Cell("mapl", "vqa", 0)), "--model.init_args.lr") == f"{paper.lr * 2.5:g}" == "0.002"
 
 
 def test_every_column_and_mechanism_parses_with_the_real_cli(grid, capsys):
@@ -104,3 +104,38 @@ def test_collected_records_are_portable(grid, tmp_path):
     assert grid.portable("/home/u/.cache/perceptlm/synth_audio/test/clip_001.wav", grid.ROOT) == "synth_audio/test/clip_001.wav"
     with pytest.raises(ValueError, match="no portable form"):
         grid.portable("/somewhere/else.png", grid.ROOT)
+
+
+def test_committed_report_regenerates_from_the_committed_records(tmp_path, capsys):
+    """results/table.{md,csv} and breakdown.md are what the report and breakdown write from records/."""
+    from perceptlm.evaluation.report import main as report
+
+    records = MINI / "results" / "records"
+    assert sorted(records.glob("*/*/seed*/results.json")), "no committed records"
+    report([str(records), "--out", str(tmp_path / "table")])
+    for suffix in (".md", ".csv"):
+        assert (tmp_path / f"table{suffix}").read_text() == (MINI / "results" / f"table{suffix}").read_text()
+    spec = importlib.util.spec_from_file_location("depalm_mini_breakdown", MINI / "breakdown.py")
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    breakdown.main(["--records", str(records), "--out", str(tmp_path / "breakdown.md")])
+    assert (tmp_path / "breakdown.md").read_text() == (MINI / "results" / "breakdown.md").read_text()
+    capsys.readouterr()
+
+
+def test_breakdown_scores_each_question_type(tmp_path):
+    spec = importlib.util.spec_from_file_location("depalm_mini_breakdown", MINI / "breakdown.py")
+    breakdown = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(breakdown)
+    run = tmp_path / "vqa" / "qp" / "seed0"
+    run.mkdir(parents=True)
+    rows = [("shape", "circle", "circle", "triangle", "x"), ("shape", "triangle", "triangle", "triangle", "x"),
+            ("color", "red", "blue", "red", "red"), ("yesno", "yes", "yes.", "no", "yes")]
+    (run / "predictions.jsonl").write_text("\n".join(json.dumps(
+        {"references": [ref], "prediction": p, "mismatched_prediction": m, "blind_prediction": b,
+         "meta": {"question_type": kind}}) for kind, ref, p, m, b in rows) + "\n")
+    assert breakdown.table(tmp_path).splitlines()[-1] == \
+        "| vqa | qp | 1 | 100.0 | 50.0 | 0.0 | 0.0 | 100.0 | 100.0 | 100.0 | 0.0 | 100.0 |"
+    (run / "predictions.jsonl").write_text(json.dumps({"references": ["a"], "prediction": "a"}) + "\n")
+    with pytest.raises(ValueError, match="predictions.jsonl:1: no question_type"):
+        breakdown.table(tmp_path)

@@ -9,7 +9,7 @@ frames, Whisper tiny.en for audio) and embedded data, 6 columns x 3 seeds, on a 
 
 Every cell follows the released recipe of the paper column it stands for (``Column.paper``, read by
 ``experiments/paper/depalm/grid.py``'s :func:`recipe` from the released per-cell script: learning
-rate, gradient clipping, effective batch, R-QPMapper's global mapper at 1 %) and the
+rate x :data:`LR_SCALE`, gradient clipping, effective batch, R-QPMapper's global mapper at 1 %) and the
 preset's geometry (token counts, queries, layers, prompt tokens). What the scale changes:
 
 - widths tied to LLaMA-7B's 4096 or to DePALM's 1024-wide mappers are scaled by 576 / 4096 (the
@@ -53,6 +53,11 @@ PROJECT = "perceptlm-depalm-mini"
 SEEDS = (0, 1, 2)
 LLM = "smollm2-135m-instruct"
 LLM_WIDTH, PAPER_LLM_WIDTH, HEADS = 576, 4096, 8
+# The released learning rates are set for thousands of steps; at this budget (150 steps of 16) the
+# released 8e-4 left LiMBeR-1 short of the answer format (0.22 on VQA, its mismatched baseline 0.21),
+# while 2e-3 (the demo's rate) trains it. Every released rate is multiplied by 2e-3 / 8e-4, so the
+# mechanisms keep the released ratios between their rates.
+LR_SCALE = 2.5
 BATCH = 16
 
 
@@ -180,7 +185,7 @@ def _common(cell: Cell, job: str) -> list[str]:
     if task != "vqa":
         data.pop("template")  # captions: the data set's own empty prompt (DePALM's LLaMA captioning)
     args += [
-        "--model.init_args.lr", f"{recipe.lr:g}",
+        "--model.init_args.lr", f"{recipe.lr * LR_SCALE:g}",
         "--model.init_args.decay_all_parameters", "true",
         "--model.init_args.max_new_tokens", str(column.max_new_tokens),
         "--model.init_args.num_beams", "1",
