@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from perceptlm.training.cpu import check_threads, has_native_bf16
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -45,6 +47,7 @@ def machine(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "native_bf16": has_native_bf16(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -136,6 +139,7 @@ def configure(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.threads:
+        check_threads(args.threads)  # more threads than cores: a warning
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     if args.smoke:
