@@ -102,6 +102,12 @@ def test_collected_records_are_portable(grid, tmp_path):
     record = json.loads((target / "predictions.jsonl").read_text())
     assert record["media"] == record["mismatched_media"] == "easy_vqa/data/test/images/3.png"
     assert grid.portable("/home/u/.cache/perceptlm/synth_audio/test/clip_001.wav", grid.ROOT) == "synth_audio/test/clip_001.wav"
+    inside = f"{grid.ROOT}/.venv/lib/python3.11/site-packages/easy_vqa/data/test/images/3.png"  # a venv in the checkout
+    assert grid.portable(inside, grid.ROOT) == "easy_vqa/data/test/images/3.png"
+    for path in sorted((MINI / "results" / "records").glob("*/*/seed*/predictions.jsonl")):  # committed: portable
+        for line in path.read_text().splitlines():
+            media = [json.loads(line).get(key) for key in ("media", "mismatched_media")]
+            assert all(m is None or not (m.startswith("/") or "site-packages" in m) for m in media), (path, media)
     with pytest.raises(ValueError, match="no portable form"):
         grid.portable("/somewhere/else.png", grid.ROOT)
 

@@ -258,10 +258,10 @@ def portable(value: Any, root: Path) -> Any:
     from the cache's data set folder (``synth_audio/...``)."""
     if not isinstance(value, str) or not value.startswith("/"):
         return value
+    if _SITE.match(value):  # first: a virtual environment may live inside the repository
+        return _SITE.sub("", value)
     if value.startswith(str(root) + "/"):
         return value[len(str(root)) + 1:]
-    if _SITE.match(value):
-        return _SITE.sub("", value)
     for name in ("synth_audio", "synth_video"):
         if f"/{name}/" in value:
             return name + "/" + value.split(f"/{name}/", 1)[1]
