@@ -24,6 +24,7 @@ from perceptlm.model import PerceptualLM
 from perceptlm.training import InterfaceModule
 from perceptlm.training.callbacks import PreemptionCheckpoint
 from perceptlm.training.cpu import check_threads, cpu_precision
+from perceptlm.training.loggers import continue_checkpoint_run
 
 # Frozen backbones stay in eval mode during fit by design (see PerceptualLM.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -85,6 +86,13 @@ class PerceptLMCLI(LightningCLI):
         if trainer is not None and (trainer.get("accelerator") == "cpu" or (
                 trainer.get("accelerator") in ("auto", None) and not torch.cuda.is_available())):
             trainer["precision"] = cpu_precision(trainer.get("precision"))  # no emulated bfloat16
+
+
+    def _continue_logged_run(self) -> None:
+        """A command on a checkpoint logs into the W&B run that wrote it (one run per experiment)."""
+        continue_checkpoint_run(self.trainer, self.config_init[self.subcommand].get("ckpt_path"))
+
+    before_fit = before_validate = before_test = before_predict = _continue_logged_run
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:

@@ -39,6 +39,18 @@ def config_hash(model: dict[str, Any], data: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def baseline_gaps(metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric minus its baselines: ``{metric}_gap_mismatched`` (against ``mismatched_{metric}``)
+    and ``{metric}_gap_blind`` (against ``blind_{metric}``), for the metrics that have them."""
+    gaps = {}
+    for key, value in metrics.items():
+        for prefix in (K.MISMATCHED, K.BLIND):
+            baseline = metrics.get(prefix + key)
+            if baseline is not None and not key.startswith((K.MISMATCHED, K.BLIND)):
+                gaps[f"{key}_gap_{prefix.rstrip('_')}"] = float(value) - float(baseline)
+    return gaps
+
+
 def results_summary(metrics: dict[str, float], *, preset: str, encoder: str, llm: str, dataset: str | None,
                     task: str, fraction: float | None, seed: int | None, batch_size: int | None,
                     trainable_params: int, visual_tokens: int, train_seconds: float, eval_seconds: float,

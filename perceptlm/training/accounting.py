@@ -71,9 +71,24 @@ def throughput(batch: Batch, seconds: float, world_size: int, input_tokens: int)
     return {"samples_per_second": size * world_size / seconds, "tokens_per_second": tokens * world_size / seconds}
 
 
+def experiment_fields(model: PerceptualLM, datamodule: Any) -> dict[str, Any]:
+    """What a run is, as flat fields a dashboard filters and groups by: ``mechanism`` (the preset),
+    ``dataset``, ``task``, ``fraction``, ``seed``, ``encoder``, ``llm``, ``trainable_params``,
+    ``visual_tokens``, ``benchmark`` ("dataset task[ fraction]") and ``cell`` ("benchmark | mechanism":
+    the seeds of one table cell share it)."""
+    dataset = getattr(datamodule, "name", type(datamodule).__name__ if datamodule is not None else None)
+    task, fraction = getattr(datamodule, "task", None), getattr(datamodule, "fraction", None)
+    benchmark = " ".join(str(part) for part in (dataset, task) if part)
+    if fraction not in (None, 1, 1.0):
+        benchmark += f" {fraction:g}"
+    return {"mechanism": model.preset.name, "dataset": dataset, "task": task, "fraction": fraction,
+            "seed": getattr(datamodule, "seed", None), "encoder": model.encoder.name, "llm": model.llm.name,
+            "trainable_params": model.num_trainable_parameters, "visual_tokens": model.num_visual_tokens,
+            "benchmark": benchmark, "cell": f"{benchmark} | {model.preset.name}"}
+
+
 def report_parameters(model: PerceptualLM, loggers: list[Any], print_table: bool) -> None:
-    """The (component, trainable, frozen) parameter table, printed (on rank 0) and logged as a table,
-    with the trainable count and visual tokens as hyper-parameters."""
+    """The (component, trainable, frozen) parameter table, printed (on rank 0) and logged as a table."""
     rows = model.parameter_table()
     if print_table:
         lines = [f"{'component':<12}{'trainable':>14}{'frozen':>14}"]
@@ -81,5 +96,3 @@ def report_parameters(model: PerceptualLM, loggers: list[Any], print_table: bool
     for logger in loggers:
         if hasattr(logger, "log_table"):
             logger.log_table("parameters", columns=["component", "trainable", "frozen"], data=[list(r) for r in rows])
-        logger.log_hyperparams({"trainable_params": model.num_trainable_parameters,
-                                "visual_tokens": model.num_visual_tokens})

@@ -11,10 +11,11 @@ from torch import Tensor
 
 from perceptlm.batch import Batch
 from perceptlm.encoders.base import PerceptualEncoder
+from perceptlm.evaluation import baseline_gaps
 from perceptlm.llm.language_model import LanguageModel
 from perceptlm.model import PerceptualLM
 from perceptlm.training import optimization, persistence
-from perceptlm.training.accounting import SkipCounter, TrainClock, report_parameters, throughput
+from perceptlm.training.accounting import SkipCounter, TrainClock, experiment_fields, report_parameters, throughput
 from perceptlm.training.evaluation import Evaluator, log_predictions, write_test_results
 
 # The constructor arguments that define the model (PerceptualLM.build); the rest are run options.
@@ -140,7 +141,23 @@ class InterfaceModule(LightningModule):
         optimization.clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_fit_start(self) -> None:
+        self._log_experiment()
         report_parameters(self.model, self.loggers, self.trainer.is_global_zero)
+
+    def _log_experiment(self) -> None:
+        """The run's :func:`~perceptlm.training.accounting.experiment_fields` as hyper-parameters."""
+        fields = experiment_fields(self.model, getattr(self.trainer, "datamodule", None))
+        for logger in self.loggers:
+            logger.log_hyperparams(fields)
+
+    def on_test_start(self) -> None:
+        self._log_experiment()
+
+    on_predict_start = on_test_start
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn != "fit":  # a fit logged them at its start
+            self._log_experiment()
 
     def on_train_start(self) -> None:
         self.clock.start()
@@ -160,7 +177,10 @@ class InterfaceModule(LightningModule):
     def _finish_eval(self, stage: str) -> dict[str, Any]:
         self._finish_skips("eval")
         result = self.evaluator.finish()
-        self.log_dict({f"{stage}/{k}": v for k, v in result["metrics"].items()}, rank_zero_only=True, sync_dist=False)
+        metrics = {**result["metrics"], **baseline_gaps(result["metrics"])}
+        if stage == "test":
+            metrics["train_seconds"] = self.clock.seconds  # with the score: DePALM's score-against-time plot
+        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, rank_zero_only=True, sync_dist=False)
         if self.trainer.is_global_zero:
             log_predictions(self.loggers, stage, result["records"], self.global_step)
         return result

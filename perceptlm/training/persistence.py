@@ -12,6 +12,7 @@ from torch import Tensor
 
 from perceptlm.model import FROZEN_COMPONENTS, read_pretrained
 from perceptlm.training.checkpointing import collect_rng_states, epoch_end_as_next_epoch_start, restore_rng_states
+from perceptlm.training.loggers import RUN_KEY, run_identity
 
 PREFIX = "model."
 
@@ -40,7 +41,7 @@ def read_trainable_state(path: str | Path) -> dict[str, Tensor]:
 
 
 def save_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
-    """Keep the trainable weights only, and what an exact resume needs."""
+    """Keep the trainable weights only, what an exact resume needs, and the W&B run that wrote it."""
     module.clock.stop()
     keep = {PREFIX + k for k in module.model.trainable_keys()}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -52,6 +53,8 @@ def save_checkpoint(module: Any, checkpoint: dict[str, Any]) -> None:
         "encoder": module.model.encoder.name,
         "llm": module.model.llm.name,
     }
+    if (identity := run_identity(module.loggers)) is not None:  # a later test on this checkpoint continues it
+        checkpoint["perceptlm"][RUN_KEY] = identity
     epoch_end_as_next_epoch_start(checkpoint)  # resume starts the next epoch exactly (see there)
 
 
