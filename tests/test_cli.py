@@ -123,3 +123,40 @@ def test_a_checkpoint_path_keeps_the_commands_evaluation_options(tmp_path):
     assert "blind_accuracy" in results and "mismatched_accuracy" in results
     assert model.hparams.init_from is None
     assert model.hparams.connector == {"width": 64, "num_queries": 4}  # the structure: the checkpoint's
+
+
+
+HELP_PROBE = """
+import sys
+from perceptlm.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("IMPORTED", sorted(m for m in ("torch", "lightning", "transformers") if m in sys.modules))
+"""
+
+
+def _help(*args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", HELP_PROBE, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_help_lists_every_command_without_the_heavy_stack():
+    """`perceptlm --help` names every subcommand with one line; it and the tools' --help import
+    neither torch, Lightning nor transformers."""
+    from perceptlm.cli import TOOLS, TRAINER_COMMANDS, main
+
+    output = _help("--help")
+    listed = [line.split()[0] for line in output.splitlines() if line.startswith("  ")]
+    assert listed == [*TRAINER_COMMANDS, *TOOLS] == ["fit", "validate", "test", "predict", "presets", "report", "dashboard"]
+    assert output.rstrip().endswith("IMPORTED []")
+    for tool in TOOLS:
+        output = _help(tool, "--help")
+        assert f"usage: perceptlm {tool}" in output and output.rstrip().endswith("IMPORTED []"), output
+    with pytest.raises(SystemExit, match="unknown command 'nope'.*dashboard"):
+        main(["nope"])

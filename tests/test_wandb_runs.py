@@ -3,12 +3,13 @@ run (read back from the offline transaction logs), with the fields a dashboard f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from wandb_offline import offline_runs
 
-from perceptlm.cli import cli
+from perceptlm.cli import cli, main
 from perceptlm.evaluation import baseline_gaps
 from perceptlm.training.loggers import AutoWandbLogger, checkpoint_run
 
@@ -52,9 +53,53 @@ def test_fit_then_test_is_one_wandb_run(tmp_path):
     assert summary["test/train_seconds"] > 0
     assert list(test["folder"].glob("files/media/table/test/predictions*.table.json")), "predictions table in the run"
 
+    _dashboard_matches_the_run(tmp_path, run_dir, test)
+
     cli(["test", *_args(run_dir, "--trainer.logger.init_args.new_run", "true"), "--ckpt_path", "last"])
     ids = [part["id"] for part in offline_runs(run_dir)]
     assert len(ids) == 3 and ids[2] != identity["id"], "new_run starts a run of its own"
+
+
+def _panels(spec: dict) -> dict[str, list[dict]]:
+    return {section["name"]: section["panels"] for section in spec["spec"]["section"]["panelBankConfig"]["sections"]}
+
+
+def _dashboard_matches_the_run(tmp_path: Path, run_dir: Path, run: dict) -> None:
+    """`perceptlm dashboard` offline, from the run's results.json: every panel reads a key the run
+    logged, and the runset is the group, grouped by the cell's config field."""
+    out = tmp_path / "dashboard.json"
+    main(["dashboard", "--group", "study", "--project", "perceptlm", "--runs", str(run_dir), "--out", str(out)])
+    spec = json.loads(out.read_text())
+    runset = spec["spec"]["section"]["runSets"][0]
+    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "study",
+                                             "disabled": False}]
+    assert runset["grouping"] == [{"section": "config", "name": "cell.value"}] and "cell" in run["config"]
+    panels = _panels(spec)
+    summary_keys = [key.split(".", 1)[1] for section in ("Scores per cell", "Gap over the baselines")
+                    for panel in panels[section] for key in panel["config"].get("metrics", [])]
+    assert summary_keys == ["test/accuracy", "test/accuracy_gap_mismatched", "test/accuracy_gap_blind"]
+    assert all(panel["config"]["groupBy"] == "cell.value" for section in ("Scores per cell", "Gap over the baselines")
+               for panel in panels[section] if panel["viewType"] == "Bar Chart")
+    (scatter,) = panels["Score against training time"]
+    summary_keys += [scatter["config"]["xAxis"].split(":", 1)[1], scatter["config"]["yAxis"].split(":", 1)[1]]
+    assert all(key in run["summary"] for key in summary_keys), set(summary_keys) - set(run["summary"])
+    curves = [key for panel in panels["Training"] for key in panel["config"]["metrics"]]
+    logged = {key for part in offline_runs(run_dir)[:1] for row in part["history"] for key in row}
+    assert "train/loss" in curves and set(curves) <= logged
+    assert '"test/predictions"' in json.dumps(panels["Predictions"])
+
+
+def test_dashboard_needs_metrics_or_an_account(tmp_path, monkeypatch):
+    from perceptlm.evaluation import dashboard
+
+    with pytest.raises(ValueError, match="no headline metric"):
+        dashboard.workspace("g", "e", "p", [])
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(SystemExit, match="give --runs"):
+        main(["dashboard", "--group", "g"])
+    records = [{"cider": 0.5, "accuracy": None}, {"accuracy": 0.4, "mismatched_accuracy": 0.3}]
+    assert dashboard.metrics_of_records(records) == ["cider", "accuracy"]
+    assert dashboard.baselines_of(records, "accuracy") == ["mismatched"] and dashboard.baselines_of(records, "cider") == []
 
 
 def test_continue_run_only_before_the_run_starts(tmp_path):

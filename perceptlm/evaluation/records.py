@@ -39,6 +39,13 @@ def config_hash(model: dict[str, Any], data: dict[str, Any]) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
+def benchmark_label(dataset: str | None, task: str | None, fraction: float | None) -> str:
+    """A run's benchmark as dashboards group it: ``"dataset task"``, with the training fraction when
+    below 1 (``"easy-vqa vqa 0.01"``)."""
+    label = " ".join(str(part) for part in (dataset, task) if part)
+    return f"{label} {fraction:g}" if fraction not in (None, 1, 1.0) else label
+
+
 def baseline_gaps(metrics: dict[str, float]) -> dict[str, float]:
     """Each metric minus its baselines: ``{metric}_gap_mismatched`` (against ``mismatched_{metric}``)
     and ``{metric}_gap_blind`` (against ``blind_{metric}``), for the metrics that have them."""

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from perceptlm.batch import Batch
+from perceptlm.evaluation import benchmark_label
 from perceptlm.model import PerceptualLM
 
 
@@ -78,9 +79,7 @@ def experiment_fields(model: PerceptualLM, datamodule: Any) -> dict[str, Any]:
     the seeds of one table cell share it)."""
     dataset = getattr(datamodule, "name", type(datamodule).__name__ if datamodule is not None else None)
     task, fraction = getattr(datamodule, "task", None), getattr(datamodule, "fraction", None)
-    benchmark = " ".join(str(part) for part in (dataset, task) if part)
-    if fraction not in (None, 1, 1.0):
-        benchmark += f" {fraction:g}"
+    benchmark = benchmark_label(dataset, task, fraction)
     return {"mechanism": model.preset.name, "dataset": dataset, "task": task, "fraction": fraction,
             "seed": getattr(datamodule, "seed", None), "encoder": model.encoder.name, "llm": model.llm.name,
             "trainable_params": model.num_trainable_parameters, "visual_tokens": model.num_visual_tokens,

@@ -36,6 +36,7 @@ PROGRAM = "experiments/paper/depalm/grid.py"
 CONFIGS = "experiments/configs"
 RUNS = "runs/depalm"
 PROJECT = "perceptlm-depalm"
+GROUP = "depalm"  # every run of the grid: one W&B group, one comparison workspace
 SEEDS = (0, 1, 2, 3, 4)  # DePALM reports 5-run means
 NUM_WORKERS = 8
 
@@ -469,7 +470,7 @@ def _common(cell: Cell, job: str) -> list[str]:
         "--trainer.logger.init_args.project", PROJECT,
         "--trainer.logger.init_args.save_dir", cell.run_dir,
         "--trainer.logger.init_args.name", f"{cell.label}-seed{cell.seed}",
-        "--trainer.logger.init_args.group", cell.label,  # the 5 seeds of one table cell
+        "--trainer.logger.init_args.group", GROUP,  # the whole grid: `perceptlm dashboard --group depalm`
         "--trainer.logger.init_args.job_type", job,
     ]
     return args

@@ -50,6 +50,7 @@ CONFIGS = "experiments/configs"
 RUNS = "runs/depalm-mini"
 RECORDS = HERE / "results" / "records"
 PROJECT = "perceptlm-depalm-mini"
+GROUP = "depalm-mini"  # every run of the grid: one W&B group, one comparison workspace
 SEEDS = (0, 1, 2)
 LLM = "smollm2-135m-instruct"
 LLM_WIDTH, PAPER_LLM_WIDTH, HEADS = 576, 4096, 8
@@ -202,7 +203,7 @@ def _common(cell: Cell, job: str) -> list[str]:
         "--trainer.logger.init_args.project", PROJECT,
         "--trainer.logger.init_args.save_dir", cell.run_dir,
         "--trainer.logger.init_args.name", f"{cell.label}-seed{cell.seed}",
-        "--trainer.logger.init_args.group", cell.label,
+        "--trainer.logger.init_args.group", GROUP,  # the whole grid: `perceptlm dashboard --group depalm-mini`
         "--trainer.logger.init_args.job_type", job,
     ]
     return args

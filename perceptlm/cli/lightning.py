@@ -8,9 +8,7 @@ model's ``setup``; not repeated in configs).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import warnings
 from typing import Any
 
@@ -18,9 +16,6 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from perceptlm import presets, zoo
-from perceptlm.evaluation.report import main as report
-from perceptlm.model import PerceptualLM
 from perceptlm.training import InterfaceModule
 from perceptlm.training.callbacks import PreemptionCheckpoint
 from perceptlm.training.cpu import check_threads, cpu_precision
@@ -107,52 +102,3 @@ def cli(args: list[str] | None = None, run: bool = True) -> PerceptLMCLI:
         args=args,
         run=run,
     )
-
-
-def presets_table(encoder: str, llm: str) -> str:
-    """Markdown table of every preset on the given backbones: trainable parameters, visual tokens."""
-
-    llm_module, encoder_module = zoo.load_llm(llm), zoo.load_encoder(encoder)  # each preset views them
-    rows = ["| preset | trainable params | visual tokens | injection | LLM tuning | paper |", "|---|---:|---:|---|---|---|"]
-    for name in presets.names():
-        preset = presets.get(name)
-        try:
-            module = PerceptualLM.build(name, encoder_module, llm_module)
-            count, tokens = f"{module.num_trainable_parameters:,}", str(module.num_visual_tokens)
-        except ValueError as error:  # e.g. a layer selection this encoder cannot serve
-            count, tokens = "n/a", f"({error})"
-        rows.append(f"| {name} | {count} | {tokens} | {preset.injection} | {preset.llm_tuning} | {preset.paper} |")
-    return "\n".join(rows)
-
-
-def main(args: list[str] | None = None) -> None:
-    """The ``perceptlm`` console script: LightningCLI subcommands, plus
-    ``perceptlm presets [--encoder NAME] [--llm NAME]`` (the preset table, counted on those backbones;
-    ``--markdown [--write FILE]``: the four-axes table of the preset files, printed or written into
-    FILE between its markers) and
-    ``perceptlm report RUNS_DIR`` (results.json files -> the papers' comparison table)."""
-    args = sys.argv[1:] if args is None else args
-    if args and args[0] == "report":
-        report(args[1:])
-        return
-    if args and args[0] == "presets":
-        parser = argparse.ArgumentParser(prog="perceptlm presets", description=presets_table.__doc__)
-        parser.add_argument("--encoder", default="test-tiny-vit")
-        parser.add_argument("--llm", default="test-tiny-llama")
-        parser.add_argument("--markdown", action="store_true", help="the four-axes table of the preset files")
-        parser.add_argument("--write", metavar="FILE", help="with --markdown: replace the table in FILE")
-        options = parser.parse_args(args[1:])
-        if options.markdown:
-            if options.write:
-                changed = presets.write_table(options.write)
-                print(f"{options.write}: {'table updated' if changed else 'table already current'}")
-            else:
-                print(presets.markdown_table())
-            return
-        print(presets_table(options.encoder, options.llm))
-        return
-    cli(None if args == sys.argv[1:] else args)  # None: LightningCLI reads sys.argv itself
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
