@@ -48,14 +48,17 @@ class PerceptualLM(nn.Module):
     decoder layer (:meth:`LanguageModel.compile_layers`). ``special_tokens``: tokens added to the LLM's
     tokenizer that are never split (DePALM's OPT answer token ``</a>``, which its prompts end with).
     ``llm_dropout``: the frozen LLM runs with its dropout in training (DePALM's frozen OPT is in
-    train mode while it trains; still no gradient).
+    train mode while it trains; still no gradient). ``llm_activation_checkpointing``: the LLM's
+    decoder layers recompute their activations in the backward pass instead of keeping them
+    (:meth:`LanguageModel.enable_activation_checkpointing`), with every injection kind.
     """
 
     def __init__(self, preset: Preset, encoder: PerceptualEncoder, llm: LanguageModel, *,
                  llm_tuning_options: dict[str, Any] | None = None, freeze_connector: bool = False,
                  label_smoothing: float = 0.0, itc_weight: float = 0.0, max_new_tokens: int = 20,
                  num_beams: int = 1, stop_strings: list[str] | None = None, compile_llm: bool = False,
-                 special_tokens: list[str] | None = None, llm_dropout: bool = False) -> None:
+                 special_tokens: list[str] | None = None, llm_dropout: bool = False,
+                 llm_activation_checkpointing: bool = False) -> None:
         super().__init__()
         if itc_weight < 0:
             raise ValueError(f"itc_weight must be >= 0 (0: no contrastive loss), got {itc_weight}")
@@ -70,7 +73,13 @@ class PerceptualLM(nn.Module):
             llm.add_special_tokens(special_tokens)
         llm.dropout_in_training = llm_dropout
         apply_llm_tuning(llm, preset.llm_tuning, **(llm_tuning_options or {}))
+        if llm_activation_checkpointing:  # recomputation sees the injection's tokens again (replay)
+            llm.enable_activation_checkpointing(self.injection.replay)
         if compile_llm:
+            if not injection.compilable:
+                raise ValueError(f"compile_llm is not supported with the {preset.injection!r} injection of preset "
+                                 f"{preset.name!r} ({type(injection).__name__}: compiled attention with injected keys/"
+                                 "values differs from eager); set compile_llm false")
             llm.compile_layers()
         self.prompt = PromptTokens(preset.prompt_tokens, llm.hidden_size) if preset.prompt_tokens else None
         self.contrastive = ImageTextContrastive(llm.hidden_size) if itc_weight > 0 else None
@@ -82,7 +91,8 @@ class PerceptualLM(nn.Module):
         self.options = {"llm_tuning_options": llm_tuning_options, "freeze_connector": freeze_connector,
                         "label_smoothing": label_smoothing, "itc_weight": itc_weight, "max_new_tokens": max_new_tokens,
                         "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm,
-                        "special_tokens": special_tokens, "llm_dropout": llm_dropout}
+                        "special_tokens": special_tokens, "llm_dropout": llm_dropout,
+                        "llm_activation_checkpointing": llm_activation_checkpointing}
         # decoding ends at any of these: EOS, and a chat template's end-of-turn (the data adds it)
         self.stop_token_ids: list[int] = [llm.eos_token_id]
 

@@ -27,6 +27,7 @@ class Injection(nn.Module, metaclass=abc.ABCMeta):
     """
 
     per_encoder_layer: bool = False
+    compilable: bool = True  # whether the LLM's decoder layers may be compiled with it installed (compile_llm)
 
     @abc.abstractmethod
     def install(self, llm: LanguageModel) -> None:
@@ -48,6 +49,14 @@ class Injection(nn.Module, metaclass=abc.ABCMeta):
     def num_prefix_tokens(self, num_visual_tokens: int) -> int:
         """How many of ``num_visual_tokens`` perceptual tokens this injection places at the LLM
         input (all for a prefix, 0 for per-layer injections)."""
+
+    def replay(self) -> contextlib.AbstractContextManager[None]:
+        """A context that restores, later, the state a layer sees now: activation checkpointing
+        recomputes a decoder layer in the backward pass, after :meth:`context` has exited, and the
+        recomputation must see the same perceptual tokens. Injections that keep the tokens in
+        ``_visual`` are served here; one with other per-forward state overrides it."""
+        visual = getattr(self, "_visual", None)
+        return self.context(visual) if visual is not None else contextlib.nullcontext()
 
     def token_width(self, llm_hidden: int) -> int:
         """The width of the tokens this injection takes from the connector: the LLM's hidden size,

@@ -11,7 +11,8 @@ layers) is :mod:`perceptlm.injection.shared_cross_attention`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+import functools
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -56,20 +57,20 @@ class CrossAttentionInjection(Injection):
         self.layer_indices = target_layers(llm.num_layers, **self.options)
         for index in self.layer_indices:
             self.blocks[str(index)] = GatedCrossAttentionBlock(hidden, heads, self.ffn_mult)
-            llm.layers[index].register_forward_pre_hook(self._hook(str(index)), with_kwargs=True)
+            # a partial of a bound method, not a closure: a deep copy of the model rebinds it to the copy
+            llm.layers[index].register_forward_pre_hook(functools.partial(self._before_layer, str(index)),
+                                                        with_kwargs=True)
 
-    def _hook(self, key: str) -> Any:
-        def before_layer(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if self._visual is None:
-                return None  # outside a perceptlm forward: the plain LLM
-            block = self.blocks[key]
-            if args:
-                return (block(args[0], self._visual), *args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = block(kwargs["hidden_states"], self._visual)
-            return args, kwargs
-
-        return before_layer
+    def _before_layer(self, key: str, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """The forward pre-hook of the target layer ``key``: its gated block on the layer's input."""
+        if self._visual is None:
+            return None  # outside a perceptlm forward: the plain LLM
+        block = self.blocks[key]
+        if args:
+            return (block(args[0], self._visual), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = block(kwargs["hidden_states"], self._visual)
+        return args, kwargs
 
     def prefix(self, visual: Tensor) -> None:
         return None  # the tokens reach the LLM through the blocks only

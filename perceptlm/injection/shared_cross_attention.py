@@ -22,7 +22,8 @@ evaluation instead of in training. Flamingo's per-layer gated dense blocks are
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,8 @@ class SharedCrossAttentionInjection(PerLayerInjection):
         self.layer_indices = target_layers(llm.num_layers, **self.options)
         self.block = SharedCrossAttention(llm.hidden_size, self.width, self.num_heads, self.dropout, self.norm_eps)
         for slot, index in enumerate(self.layer_indices):
-            llm.layers[index].register_forward_pre_hook(self._hook(slot), with_kwargs=True)
+            # a partial of a bound method, not a closure: a deep copy of the model rebinds it to the copy
+            llm.layers[index].register_forward_pre_hook(functools.partial(self._before_layer, slot), with_kwargs=True)
 
     def _key_values_of(self, slot: int) -> tuple[Tensor, Tensor]:
         """The block's keys/values for target layer ``slot``: computed once per encoder layer and
@@ -93,16 +95,14 @@ class SharedCrossAttentionInjection(PerLayerInjection):
             self.cache[encoder_layer] = self.block.key_values(self.encoder_layer(slot, len(self.layer_indices)))
         return self.cache[encoder_layer]
 
-    def _hook(self, slot: int) -> Any:
-        def before_layer(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            if self._visual is None:
-                return None  # outside a perceptlm forward: the plain LLM
-            keys, values = self._key_values_of(slot)
-            if args:
-                return (self.block(args[0], keys, values), *args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = self.block(kwargs["hidden_states"], keys, values)
-            return args, kwargs
-
-        return before_layer
+    def _before_layer(self, slot: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """The forward pre-hook of target layer ``slot``: the shared block on its input."""
+        if self._visual is None:
+            return None  # outside a perceptlm forward: the plain LLM
+        keys, values = self._key_values_of(slot)
+        if args:
+            return (self.block(args[0], keys, values), *args[1:]), kwargs
+        kwargs = dict(kwargs)
+        kwargs["hidden_states"] = self.block(kwargs["hidden_states"], keys, values)
+        return args, kwargs
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from typing import Any
+import types
+from typing import Any, Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -89,9 +92,33 @@ class LanguageModel(nn.Module):
         """``torch.compile`` each decoder layer in place (regional compilation). The layers share
         one compiled graph, so compile time does not grow with depth, and the fused elementwise
         kernels (norms, activations, rotary embedding) shorten a training step on a GPU. Meant for
-        training; decoding steps of changing length may recompile or fall back to eager."""
+        training; decoding steps of changing length may recompile or fall back to eager. With
+        activation checkpointing the layer's own forward is compiled, inside the checkpoint."""
         for layer in self.layers:
-            layer.compile(**options)
+            if self.activation_checkpointing:
+                layer._perceptlm_forward = torch.compile(functools.partial(type(layer).forward, layer), **options)
+            else:
+                layer.compile(**options)
+
+    def enable_activation_checkpointing(self, replay: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+        """Recompute each decoder layer's activations in the backward pass instead of keeping them
+        (``torch.utils.checkpoint``, non-reentrant), whenever gradients are recorded; decoding and
+        evaluation run the layers as before. A layer's memory from forward to backward drops to its
+        input. The layer's forward is wrapped in place (its module, hooks and state-dict keys stay);
+        forward pre-hooks (cross-attention blocks) run outside the recomputed region.
+
+        ``replay``: called at each checkpointed forward, it returns a context manager entered around
+        that layer's recomputation, which must restore the state the forward saw (an injection's
+        perceptual tokens: :meth:`perceptlm.injection.base.Injection.replay`)."""
+        for layer in self.layers:
+            if getattr(layer, "_compiled_call_impl", None) is not None:
+                raise ValueError(f"{self.name}: enable activation checkpointing before compile_layers() "
+                                 "(the checkpoint then wraps the compiled layer)")
+            layer._perceptlm_replay, layer._perceptlm_forward = replay, None
+            layer.forward = types.MethodType(_checkpointed_forward, layer)
+        self.activation_checkpointing = True
+
+    activation_checkpointing = False
 
     @property
     def eos_token_id(self) -> int:
@@ -140,3 +167,17 @@ class LanguageModel(nn.Module):
         if scale:
             logits = torch.tanh(logits / scale) * scale
         return logits
+
+
+def _checkpointed_forward(layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """A decoder layer's own forward, checkpointed while gradients are recorded (bound to the layer
+    by :meth:`LanguageModel.enable_activation_checkpointing`; a deep copy rebinds to the copy)."""
+    forward = layer._perceptlm_forward or functools.partial(type(layer).forward, layer)  # compiled, or as defined
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    replay = layer._perceptlm_replay
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), (replay() if replay is not None else contextlib.nullcontext())
+
+    return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
