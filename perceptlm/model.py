@@ -51,6 +51,9 @@ class PerceptualLM(nn.Module):
     train mode while it trains; still no gradient). ``llm_activation_checkpointing``: the LLM's
     decoder layers recompute their activations in the backward pass instead of keeping them
     (:meth:`LanguageModel.enable_activation_checkpointing`), with every injection kind.
+    ``llm_dtype``: the dtype :meth:`build` was asked to load the LLM in (kept so that a rebuild asks
+    the same); the LLM computes in its weights' dtype, the trainable parts in float32, and
+    :meth:`splice` casts the tokens it places at the input to the LLM's dtype.
     """
 
     def __init__(self, preset: Preset, encoder: PerceptualEncoder, llm: LanguageModel, *,
@@ -58,7 +61,7 @@ class PerceptualLM(nn.Module):
                  label_smoothing: float = 0.0, itc_weight: float = 0.0, max_new_tokens: int = 20,
                  num_beams: int = 1, stop_strings: list[str] | None = None, compile_llm: bool = False,
                  special_tokens: list[str] | None = None, llm_dropout: bool = False,
-                 llm_activation_checkpointing: bool = False) -> None:
+                 llm_activation_checkpointing: bool = False, llm_dtype: str = "auto") -> None:
         super().__init__()
         if itc_weight < 0:
             raise ValueError(f"itc_weight must be >= 0 (0: no contrastive loss), got {itc_weight}")
@@ -73,6 +76,9 @@ class PerceptualLM(nn.Module):
             llm.add_special_tokens(special_tokens)
         llm.dropout_in_training = llm_dropout
         apply_llm_tuning(llm, preset.llm_tuning, **(llm_tuning_options or {}))
+        for parameter in llm.parameters():  # what trains is float32 beside a half-precision LLM (LoRA adapters)
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
         if llm_activation_checkpointing:  # recomputation sees the injection's tokens again (replay)
             llm.enable_activation_checkpointing(self.injection.replay)
         if compile_llm:
@@ -92,7 +98,8 @@ class PerceptualLM(nn.Module):
                         "label_smoothing": label_smoothing, "itc_weight": itc_weight, "max_new_tokens": max_new_tokens,
                         "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm,
                         "special_tokens": special_tokens, "llm_dropout": llm_dropout,
-                        "llm_activation_checkpointing": llm_activation_checkpointing}
+                        "llm_activation_checkpointing": llm_activation_checkpointing,
+                        "llm_dtype": llm_dtype}  # as asked (``auto`` resolves again where the model is rebuilt)
         # decoding ends at any of these: EOS, and a chat template's end-of-turn (the data adds it)
         self.stop_token_ids: list[int] = [llm.eos_token_id]
 
@@ -102,13 +109,16 @@ class PerceptualLM(nn.Module):
               features: dict[str, Any] | None = None, connector: dict[str, Any] | None = None,
               injection: str | None = None, injection_options: dict[str, Any] | None = None,
               prompt_tokens: int | None = None, llm_tuning: str | None = None,
-              freeze_connector: bool | None = None, **options: Any) -> "PerceptualLM":
+              freeze_connector: bool | None = None, llm_dtype: str = "auto", **options: Any) -> "PerceptualLM":
         """The model of ``preset`` (a name or a :class:`Preset`) on ``encoder`` and ``llm`` (zoo names
         or loaded modules; a loaded encoder is viewed with the preset's feature selection, sharing its
         weights; a loaded LLM that tuning changes is copied first). ``features`` ... ``llm_tuning``
         override the preset's fields (dicts merge); ``stage`` applies its two-stage recipe (LLM tuning,
         frozen connector), which explicit ``llm_tuning`` / ``freeze_connector`` override. ``options``:
-        the keyword arguments of :class:`PerceptualLM`."""
+        the keyword arguments of :class:`PerceptualLM`. ``llm_dtype`` (:func:`perceptlm.zoo.llm_dtype`:
+        ``auto``, ``float32``, ``bfloat16``, ``float16``): the frozen LLM's weights, loaded from a zoo
+        name in it (``auto``: bfloat16 on a GPU with native bfloat16, else float32); the trainable
+        parts stay float32. LLM tuning that trains LLM weights (``norms``, ``full``) keeps them float32."""
         base = presets.get(preset) if isinstance(preset, str) else preset
         recipe = base.stage(stage)
         resolved = base.with_overrides(features=features, connector=connector, injection=injection,
@@ -120,9 +130,13 @@ class PerceptualLM(nn.Module):
             encoder = zoo.load_encoder(encoder, **resolved.features)
         if isinstance(llm, LanguageModel) and resolved.llm_tuning != "frozen":
             llm = copy.deepcopy(llm)  # tuning adds or unfreezes weights: leave the caller's LLM as it was
-        llm = llm if isinstance(llm, LanguageModel) else zoo.load_llm(llm)
+        if not isinstance(llm, LanguageModel):
+            llm = zoo.load_llm(llm, dtype=_llm_dtype(llm_dtype, resolved.llm_tuning, llm))
+        elif llm_dtype != "auto" and llm.dtype != zoo.llm_dtype(llm_dtype):
+            raise ValueError(f"llm_dtype={llm_dtype!r}, but the LLM passed in ({llm.name}) is {llm.dtype}: pass its zoo "
+                             "name, or load it in that dtype")
         frozen = recipe.get("freeze_connector", False) if freeze_connector is None else freeze_connector
-        return cls(resolved, encoder, llm, freeze_connector=bool(frozen), **options)
+        return cls(resolved, encoder, llm, freeze_connector=bool(frozen), llm_dtype=llm_dtype, **options)
 
     # -- structure ---------------------------------------------------------------------------------
     @property
@@ -227,8 +241,8 @@ class PerceptualLM(nn.Module):
 
         ``media_position`` ``[B]``: per row, the text-token index before which the prefix goes
         (LLaVA's ``<image>`` placeholder); None puts it before all text."""
-        prefix = self.prefix(visual)
-        text = self.llm.embed(input_ids).to(prefix.dtype)
+        text = self.llm.embed(input_ids)  # the LLM's dtype: the trainable tokens are cast to it
+        prefix = self.prefix(visual).to(text.dtype)
         size, k = prefix.shape[:2]
         steps = torch.arange(input_ids.shape[1], device=input_ids.device)
         if media_position is None or k == 0:
@@ -383,6 +397,17 @@ class PerceptualLM(nn.Module):
         model = cls.build(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
         model.load_trainable(state, str(directory))
         return model.eval()
+
+
+def _llm_dtype(name: str, tuning: str, llm: str) -> torch.dtype:
+    """The dtype a zoo LLM loads in for ``tuning``: trained LLM weights (``norms``, ``full``) stay
+    float32 (``auto``), and another dtype for them is an error."""
+    if tuning in ("norms", "full"):
+        if name not in ("auto", "float32"):
+            raise ValueError(f"llm_tuning={tuning!r} trains {llm}'s own weights, which stay float32 (llm_dtype "
+                             f"'auto' or 'float32', with bf16-mixed precision for speed); got llm_dtype={name!r}")
+        return torch.float32
+    return zoo.llm_dtype(name)
 
 
 def read_pretrained(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -82,7 +82,6 @@ class PerceptLMCLI(LightningCLI):
                 trainer.get("accelerator") in ("auto", None) and not torch.cuda.is_available())):
             trainer["precision"] = cpu_precision(trainer.get("precision"))  # no emulated bfloat16
 
-
     def _continue_logged_run(self) -> None:
         """A command on a checkpoint logs into the W&B run that wrote it (one run per experiment)."""
         continue_checkpoint_run(self.trainer, self.config_init[self.subcommand].get("ckpt_path"))

@@ -66,11 +66,12 @@ class CrossAttentionInjection(Injection):
         if self._visual is None:
             return None  # outside a perceptlm forward: the plain LLM
         block = self.blocks[key]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        dtype = block.attention_gate.dtype  # the trainable block's (float32 beside a bfloat16 LLM)
+        hidden = block(hidden.to(dtype), self._visual.to(dtype)).to(hidden.dtype)
         if args:
-            return (block(args[0], self._visual), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = block(kwargs["hidden_states"], self._visual)
-        return args, kwargs
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 
     def prefix(self, visual: Tensor) -> None:
         return None  # the tokens reach the LLM through the blocks only

@@ -100,9 +100,9 @@ class SharedCrossAttentionInjection(PerLayerInjection):
         if self._visual is None:
             return None  # outside a perceptlm forward: the plain LLM
         keys, values = self._key_values_of(slot)
+        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = self.block(hidden, keys, values).to(hidden.dtype)  # computed in the block's dtype, back to the LLM's
         if args:
-            return (self.block(args[0], keys, values), *args[1:]), kwargs
-        kwargs = dict(kwargs)
-        kwargs["hidden_states"] = self.block(kwargs["hidden_states"], keys, values)
-        return args, kwargs
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
 

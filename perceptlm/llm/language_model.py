@@ -73,6 +73,11 @@ class LanguageModel(nn.Module):
         return self.model.config
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the LLM's weights (its input embeddings')."""
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
     def hidden_size(self) -> int:
         return self.model.get_input_embeddings().embedding_dim
 

@@ -22,7 +22,7 @@ from perceptlm.training.evaluation import Evaluator, log_predictions, write_test
 MODEL_ARGUMENTS = ("preset", "encoder", "llm", "stage", "features", "connector", "injection", "injection_options",
                    "prompt_tokens", "llm_tuning", "llm_tuning_options", "freeze_connector", "label_smoothing",
                    "itc_weight", "max_new_tokens", "num_beams", "stop_strings", "compile_llm", "special_tokens",
-                   "llm_dropout", "llm_activation_checkpointing")
+                   "llm_dropout", "llm_activation_checkpointing", "llm_dtype")
 
 
 class InterfaceModule(LightningModule):
@@ -35,7 +35,8 @@ class InterfaceModule(LightningModule):
     ``freeze_connector`` override it) and ``init_from`` (a checkpoint or ``save_pretrained`` folder)
     copies an earlier stage's trainable weights; decoding ``max_new_tokens``, ``num_beams``,
     ``stop_strings``; ``compile_llm``; ``itc_weight`` (BLIP-2's contrastive loss); ``special_tokens``,
-    ``llm_dropout``, ``llm_activation_checkpointing``. See :class:`PerceptualLM`. Optimisation follows DePALM: AdamW (``lr`` 8e-4,
+    ``llm_dropout``, ``llm_activation_checkpointing``, ``llm_dtype`` (the frozen LLM's weights: ``auto``,
+    ``float32``, ``bfloat16``, ``float16``). See :class:`PerceptualLM`. Optimisation follows DePALM: AdamW (``lr`` 8e-4,
     ``weight_decay`` 0.1 on matrices, or on every trainable tensor with ``decay_all_parameters`` as
     DePALM's released optimiser; ``adam_eps`` 1e-4), linear warm-up over ``warmup_fraction`` of the
     steps from ``lr * min_lr_ratio``, then cosine decay to ``lr * min_lr_ratio``; label smoothing
@@ -60,7 +61,7 @@ class InterfaceModule(LightningModule):
         max_skipped_fraction: float = 0.01, stage: str | None = None, init_from: str | None = None,
         freeze_connector: bool | None = None, compile_llm: bool = False, itc_weight: float = 0.0,
         special_tokens: list[str] | None = None, llm_dropout: bool = False, decay_all_parameters: bool = False,
-        eval_mismatched: bool = False, llm_activation_checkpointing: bool = False,
+        eval_mismatched: bool = False, llm_activation_checkpointing: bool = False, llm_dtype: str = "auto",
     ) -> None:
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):

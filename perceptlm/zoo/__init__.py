@@ -8,7 +8,7 @@ from perceptlm.zoo.packaged import (
     whisper_tiny_en_dir,
     whisper_tiny_en_encoder,
 )
-from perceptlm.zoo.registry import ENCODER_PREFIXES, ENCODERS, LLM_NAMES, load_encoder, load_llm
+from perceptlm.zoo.registry import DTYPES, ENCODER_PREFIXES, ENCODERS, LLM_NAMES, llm_dtype, load_encoder, load_llm
 from perceptlm.zoo.tiny import (
     tiny_ast_encoder,
     tiny_ast_model,
@@ -25,11 +25,13 @@ from perceptlm.zoo.tiny import (
 )
 
 __all__ = [
+    "DTYPES",
     "ENCODERS",
     "ENCODER_PREFIXES",
     "LLM_NAMES",
     "efficientnet_lite0_encoder",
     "efficientnet_lite0_weights",
+    "llm_dtype",
     "load_encoder",
     "load_llm",
     "load_whisper_tiny_en",

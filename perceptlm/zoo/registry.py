@@ -52,8 +52,28 @@ from perceptlm.zoo.tiny import (
 
 
 # -- LLMs -----------------------------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def llm_dtype(name: str | torch.dtype = "auto") -> torch.dtype:
+    """The dtype a frozen LLM loads in: ``float32``, ``bfloat16``, ``float16``, or ``auto``: bfloat16
+    where a GPU runs it natively (CUDA, compute capability >= 8.0), float32 otherwise. A dtype this
+    machine cannot run is an error naming it."""
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if name == "auto":
+        return torch.bfloat16 if gpu_bf16 else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"llm_dtype={name!r} is unknown; valid: auto, {', '.join(DTYPES)}")
+    if name == "bfloat16" and torch.cuda.is_available() and not gpu_bf16:
+        raise ValueError(f"llm_dtype='bfloat16' on {torch.cuda.get_device_name()}, which has no native bfloat16 "
+                         "(compute capability < 8.0); use float16 or float32")
+    return DTYPES[name]
+
+
 def load_llm(name: str, trainable: bool = False, dtype: torch.dtype = torch.float32, **kwargs: Any) -> LanguageModel:
-    """Load a decoder-only LLM by zoo name, hub id or local folder."""
+    """Load a decoder-only LLM by zoo name, hub id or local folder, its weights in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if is_geometry(name):
@@ -61,7 +81,7 @@ def load_llm(name: str, trainable: bool = False, dtype: torch.dtype = torch.floa
     if name.startswith("test-tiny-"):
         family = name.removeprefix("test-tiny-")
         model, tokenizer = tiny_llm_model(family, **kwargs)
-        return LanguageModel(model, tokenizer, name=name, trainable=trainable)
+        return LanguageModel(model.to(dtype), tokenizer, name=name, trainable=trainable)
     if name == "smollm2-135m-instruct":
         folder: str | Path = smollm2_folder()
     else:
