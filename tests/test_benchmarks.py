@@ -72,6 +72,13 @@ def test_llava_peer_matches_transformers(tmp_path):
     assert result["ratio_perceptlm_over_llava"] > 0
 
 
+def test_activation_memory_counts_less_with_checkpointing(tmp_path):
+    presets = _run("activation_memory", tmp_path)["presets"]
+    for row in presets.values():
+        assert 0 < row["checkpointed_per_layer"] < row["plain_per_layer"] and row["ratio"] > 2
+    assert presets["limber-all"]["plain_per_layer"] > presets["depalm-qp-l0"]["plain_per_layer"]  # 281 vs 57 positions
+
+
 def test_decoding(tmp_path):
     result = _run("decoding", tmp_path, "--batch-size", "4", "--single-samples", "2", "--max-new-tokens", "4")
     assert 0 < result["tokens"]["uncached_single"] <= 2 * 4 and 0 < result["tokens"]["cached_batch"] <= 4 * 4
