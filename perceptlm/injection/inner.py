@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import inspect
 from typing import Literal, Sequence
 
 import torch
@@ -147,6 +148,10 @@ def rotate_before_text(llm: LanguageModel, layer: nn.Module, keys: Tensor) -> Te
                          f"use key_positions='none' for this LLM")
     count = keys.shape[2]
     positions = torch.arange(-count, 0, device=keys.device)[None]
-    cos, sin = rotary(keys, positions)
+    options = {}
+    if "layer_type" in inspect.signature(rotary.forward).parameters:  # Gemma 3: a rotary base per attention type
+        layer_types = getattr(llm.config, "layer_types", None)
+        options["layer_type"] = getattr(attention, "layer_type", None) or layer_types[attention.layer_idx]
+    cos, sin = rotary(keys, positions, **options)
     rotated, _ = apply(keys, keys, cos, sin)
     return rotated

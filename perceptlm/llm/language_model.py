@@ -24,7 +24,8 @@ def positions_from_mask(attention_mask: Tensor, past_length: int = 0) -> Tensor:
 
 
 class LanguageModel(nn.Module):
-    """Wraps any ``AutoModelForCausalLM`` of a supported family.
+    """Wraps any decoder-only ``AutoModelForCausalLM`` (:func:`~perceptlm.llm.adapters.adapter_for`:
+    a known family, or a layout discovered from the model's modules).
 
     Public points the injection mechanisms use: :meth:`embed` (token embeddings), :attr:`layers`
     (the decoder layers, for per-layer injection), :meth:`hidden` (the base model run on input
@@ -42,7 +43,7 @@ class LanguageModel(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.adapter = adapter_for(model.config.model_type)
+        self.adapter = adapter_for(model.config.model_type, model.base_model)
         self.trainable = trainable
         self.dropout_in_training = False  # DePALM runs its frozen OPT in train mode: dropout, no gradient
         if tokenizer.pad_token_id is None:
@@ -168,7 +169,12 @@ class LanguageModel(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head on the given hidden states (call it on supervised positions only)."""
         logits = self.model.get_output_embeddings()(hidden)
-        scale = getattr(self.model.config, "final_logit_softcapping", None)
+        config = self.model.config  # what a family's own forward applies after its LM head
+        if getattr(config, "logit_scale", None):  # Cohere
+            logits = logits * config.logit_scale
+        if getattr(config, "logits_scaling", None):  # Granite
+            logits = logits / config.logits_scaling
+        scale = getattr(config, "final_logit_softcapping", None)  # Gemma 2 / 3
         if scale:
             logits = torch.tanh(logits / scale) * scale
         return logits

@@ -6,7 +6,8 @@ A name is one of the offline names below, or a Hugging Face hub id / local folde
 Offline names:
 - ``smollm2-135m-instruct``, ``efficientnet-lite0``, ``whisper-tiny.en``: pretrained weights shipped
   as packages (:mod:`perceptlm.zoo.packaged`).
-- ``test-tiny-llama`` (``-qwen2``, ``-mistral``, ``-opt``, ``-gpt2``), ``test-tiny-vit``,
+- ``test-tiny-llama`` (``-qwen2``, ``-mistral``, ``-opt``, ``-gpt2``, or any transformers decoder
+  model type: ``test-tiny-gemma3_text``, ``test-tiny-granite``, ...), ``test-tiny-vit``,
   ``test-tiny-audio``, ``test-tiny-ast``, ``test-tiny-clap``: tiny random-init backbones;
   ``test-tiny-timesformer``, ``test-tiny-video`` (``video:test-tiny-vit``, 4 frames): tiny video
   encoders (:mod:`perceptlm.zoo.tiny`).

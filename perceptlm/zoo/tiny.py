@@ -47,7 +47,8 @@ def tiny_tokenizer():
 
 
 def tiny_llm_model(model_type: str = "llama", seed: int = 0, **config: Any):
-    """A random-init tiny decoder of the given family with the byte-level vocabulary."""
+    """A random-init tiny decoder of the given family with the byte-level vocabulary (a 4-layer,
+    64-wide LLaMA-like configuration for families without their own defaults here)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = tiny_tokenizer()
@@ -63,15 +64,19 @@ def tiny_llm_model(model_type: str = "llama", seed: int = 0, **config: Any):
         "gpt2": dict(n_embd=64, n_layer=4, n_head=4, n_positions=512, resid_pdrop=0.0, embd_pdrop=0.0,
                      attn_pdrop=0.0),
     }
-    if model_type not in defaults:
-        raise ValueError(f"no tiny config for model_type={model_type!r}; valid: {sorted(defaults)}")
+    llama_like = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512)  # other families
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in defaults and model_type not in CONFIG_MAPPING:
+        raise ValueError(f"no tiny config for model_type={model_type!r}: not a transformers model type")
     cfg = AutoConfig.for_model(
         model_type,
         vocab_size=len(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.eos_token_id,
-        **{**defaults[model_type], **config},
+        **{**defaults.get(model_type, llama_like), **config},
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
