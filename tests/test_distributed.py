@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from wandb_offline import read_run
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "experiments" / "easyvqa" / "depalm_qp_l0.yaml"
@@ -78,32 +78,6 @@ def _cli(subcommand: str, run_dir: Path, extra: list[str]) -> subprocess.Complet
     return done
 
 
-def wandb_records(path: Path) -> list[dict]:
-    """The records of an offline ``.wandb`` file (W&B's header, then LevelDB log blocks of
-    protobuf ``Record`` messages) as ``{"kind", "items"}`` dicts, values JSON-decoded."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, pos, pending, records = path.read_bytes(), 32768, 7, b"", []
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    while pos + 7 <= len(data):
-        _, length, part = struct.unpack("<IHB", data[pos : pos + 7])
-        if block - pos % block < 7 or part == 0:  # a block's zero-filled tail
-            pos = (pos // block + 1) * block
-            continue
-        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        pending = chunk if part in (1, 2) else pending + chunk  # FULL / FIRST start a record
-        if part not in (1, 4):  # FIRST and MIDDLE fragments continue in the next block
-            continue
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(pending)
-        kind = record.WhichOneof("record_type")
-        items = {"history": lambda r: r.history.item, "config": lambda r: r.config.update}.get(kind)
-        if items:
-            records.append({"kind": kind, "items": {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                                                    for i in items(record)}})
-    return records
-
-
 @pytest.mark.slow
 def test_two_process_fit_then_test(tmp_path):
     from perceptlm import InterfaceModule
@@ -123,10 +97,10 @@ def test_two_process_fit_then_test(tmp_path):
 
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, f"W&B must log from rank 0 only, found {runs}"
-    records = wandb_records(next(runs[0].glob("*.wandb")))
-    config = {k: v for r in records if r["kind"] == "config" for k, v in r["items"].items()}
+    run = read_run(next(runs[0].glob("*.wandb")))
+    config = run["config"]
     assert config["preset"] == "depalm-qp-l0" and config["trainable_params"] == module.model.num_trainable_parameters
-    losses = [r["items"] for r in records if r["kind"] == "history" and "train/loss" in r["items"]]
+    losses = [h for h in run["history"] if "train/loss" in h]
     assert [h["trainer/global_step"] for h in losses] == list(range(STEPS))
     assert all(math.isfinite(h["train/loss"]) for h in losses)
     speeds = [h for h in losses if "train/samples_per_second" in h]  # from the second step on
@@ -146,7 +120,7 @@ def test_two_process_fit_then_test(tmp_path):
     assert results["checkpoint"].endswith("last.ckpt")
     runs = set((run_dir / "wandb").glob("offline-run-*")) - set(runs)
     assert len(runs) == 1, f"the test must log one W&B run (rank 0), found {runs}"
-    history = [r["items"] for r in wandb_records(next(runs.pop().glob("*.wandb"))) if r["kind"] == "history"]
+    history = read_run(next(runs.pop().glob("*.wandb")))["history"]
     logged = {k: v for h in history for k, v in h.items()}
     assert logged["test/num_samples"] == 7 and logged["test/accuracy"] == pytest.approx(results["accuracy"])
 
