@@ -48,13 +48,8 @@ class PerceptualLM(nn.Module):
     decoder layer (:meth:`LanguageModel.compile_layers`). ``special_tokens``: tokens added to the LLM's
     tokenizer that are never split (DePALM's OPT answer token ``</a>``, which its prompts end with).
     ``llm_dropout``: the frozen LLM runs with its dropout in training (DePALM's frozen OPT is in
-    train mode while it trains; still no gradient). ``llm_activation_checkpointing``: the LLM's
-    decoder layers recompute their activations in the backward pass instead of keeping them
-    (:meth:`LanguageModel.enable_activation_checkpointing`), with every injection kind.
-    ``llm_dtype``: the dtype :meth:`build` was asked to load the LLM in (kept so that a rebuild asks
-    the same); the LLM computes in its weights' dtype, the trainable parts in float32, and
-    :meth:`splice` casts the tokens it places at the input to the LLM's dtype.
-    """
+    train mode while it trains; still no gradient). ``llm_activation_checkpointing``: recompute the LLM's layers
+    in backward (:class:`LanguageModel`); ``llm_dtype``: what :meth:`build` loaded the LLM in."""
 
     def __init__(self, preset: Preset, encoder: PerceptualEncoder, llm: LanguageModel, *,
                  llm_tuning_options: dict[str, Any] | None = None, freeze_connector: bool = False,
@@ -62,12 +57,11 @@ class PerceptualLM(nn.Module):
                  num_beams: int = 1, stop_strings: list[str] | None = None, compile_llm: bool = False,
                  special_tokens: list[str] | None = None, llm_dropout: bool = False,
                  llm_activation_checkpointing: bool = False, llm_dtype: str = "auto") -> None:
+        options = {k: v for k, v in locals().items() if k not in ("self", "preset", "encoder", "llm", "__class__")}
         super().__init__()
         if itc_weight < 0:
             raise ValueError(f"itc_weight must be >= 0 (0: no contrastive loss), got {itc_weight}")
-        self.preset = preset
-        self.encoder = encoder
-        self.llm = llm
+        self.preset, self.encoder, self.llm = preset, encoder, llm
         injection = build_injection(preset.injection, **preset.injection_options)
         self.connector = build_connector(encoder.embed_dim, injection.token_width(llm.hidden_size), preset.connector)
         self.injection = injection
@@ -76,16 +70,13 @@ class PerceptualLM(nn.Module):
             llm.add_special_tokens(special_tokens)
         llm.dropout_in_training = llm_dropout
         apply_llm_tuning(llm, preset.llm_tuning, **(llm_tuning_options or {}))
-        for parameter in llm.parameters():  # what trains is float32 beside a half-precision LLM (LoRA adapters)
-            if parameter.requires_grad and parameter.dtype != torch.float32:
-                parameter.data = parameter.data.float()
+        llm.trainable_in_float32()  # LoRA adapters beside a half-precision LLM
         if llm_activation_checkpointing:  # recomputation sees the injection's tokens again (replay)
             llm.enable_activation_checkpointing(self.injection.replay)
         if compile_llm:
             if not injection.compilable:
-                raise ValueError(f"compile_llm is not supported with the {preset.injection!r} injection of preset "
-                                 f"{preset.name!r} ({type(injection).__name__}: compiled attention with injected keys/"
-                                 "values differs from eager); set compile_llm false")
+                raise ValueError(f"compile_llm is not supported with the {preset.injection!r} injection of {preset.name!r} "
+                                 "(compiled attention with injected keys/values differs from eager); set compile_llm false")
             llm.compile_layers()
         self.prompt = PromptTokens(preset.prompt_tokens, llm.hidden_size) if preset.prompt_tokens else None
         self.contrastive = ImageTextContrastive(llm.hidden_size) if itc_weight > 0 else None
@@ -94,12 +85,7 @@ class PerceptualLM(nn.Module):
             self.connector.requires_grad_(False)
         self.label_smoothing, self.itc_weight = label_smoothing, itc_weight
         self.max_new_tokens, self.num_beams, self.stop_strings = max_new_tokens, num_beams, stop_strings
-        self.options = {"llm_tuning_options": llm_tuning_options, "freeze_connector": freeze_connector,
-                        "label_smoothing": label_smoothing, "itc_weight": itc_weight, "max_new_tokens": max_new_tokens,
-                        "num_beams": num_beams, "stop_strings": stop_strings, "compile_llm": compile_llm,
-                        "special_tokens": special_tokens, "llm_dropout": llm_dropout,
-                        "llm_activation_checkpointing": llm_activation_checkpointing,
-                        "llm_dtype": llm_dtype}  # as asked (``auto`` resolves again where the model is rebuilt)
+        self.options = options  # the keyword arguments, for build_arguments (``llm_dtype`` as asked: ``auto`` re-resolves)
         # decoding ends at any of these: EOS, and a chat template's end-of-turn (the data adds it)
         self.stop_token_ids: list[int] = [llm.eos_token_id]
 
@@ -115,10 +101,8 @@ class PerceptualLM(nn.Module):
         weights; a loaded LLM that tuning changes is copied first). ``features`` ... ``llm_tuning``
         override the preset's fields (dicts merge); ``stage`` applies its two-stage recipe (LLM tuning,
         frozen connector), which explicit ``llm_tuning`` / ``freeze_connector`` override. ``options``:
-        the keyword arguments of :class:`PerceptualLM`. ``llm_dtype`` (:func:`perceptlm.zoo.llm_dtype`:
-        ``auto``, ``float32``, ``bfloat16``, ``float16``): the frozen LLM's weights, loaded from a zoo
-        name in it (``auto``: bfloat16 on a GPU with native bfloat16, else float32); the trainable
-        parts stay float32. LLM tuning that trains LLM weights (``norms``, ``full``) keeps them float32."""
+        the keyword arguments of :class:`PerceptualLM`. ``llm_dtype``: the dtype a zoo LLM loads in
+        (:func:`perceptlm.zoo.llm_dtype`); an LLM passed in must already have it."""
         base = presets.get(preset) if isinstance(preset, str) else preset
         recipe = base.stage(stage)
         resolved = base.with_overrides(features=features, connector=connector, injection=injection,
@@ -131,7 +115,7 @@ class PerceptualLM(nn.Module):
         if isinstance(llm, LanguageModel) and resolved.llm_tuning != "frozen":
             llm = copy.deepcopy(llm)  # tuning adds or unfreezes weights: leave the caller's LLM as it was
         if not isinstance(llm, LanguageModel):
-            llm = zoo.load_llm(llm, dtype=_llm_dtype(llm_dtype, resolved.llm_tuning, llm))
+            llm = zoo.load_llm(llm, dtype=zoo.llm_dtype(llm_dtype, tuning=resolved.llm_tuning, llm=llm))
         elif llm_dtype != "auto" and llm.dtype != zoo.llm_dtype(llm_dtype):
             raise ValueError(f"llm_dtype={llm_dtype!r}, but the LLM passed in ({llm.name}) is {llm.dtype}: pass its zoo "
                              "name, or load it in that dtype")
@@ -397,17 +381,6 @@ class PerceptualLM(nn.Module):
         model = cls.build(encoder=encoder or config["encoder"], llm=llm or config["llm"], **arguments)
         model.load_trainable(state, str(directory))
         return model.eval()
-
-
-def _llm_dtype(name: str, tuning: str, llm: str) -> torch.dtype:
-    """The dtype a zoo LLM loads in for ``tuning``: trained LLM weights (``norms``, ``full``) stay
-    float32 (``auto``), and another dtype for them is an error."""
-    if tuning in ("norms", "full"):
-        if name not in ("auto", "float32"):
-            raise ValueError(f"llm_tuning={tuning!r} trains {llm}'s own weights, which stay float32 (llm_dtype "
-                             f"'auto' or 'float32', with bf16-mixed precision for speed); got llm_dtype={name!r}")
-        return torch.float32
-    return zoo.llm_dtype(name)
 
 
 def read_pretrained(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:

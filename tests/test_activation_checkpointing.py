@@ -129,5 +129,5 @@ def test_compiled_layers_inside_the_checkpoint(name, tiny_encoder, tiny_llm):
 
 
 def test_compile_refuses_per_layer_key_values(tiny_encoder, tiny_llm):
-    with pytest.raises(ValueError, match="compile_llm is not supported with the 'inner' injection of preset 'epalm'"):
+    with pytest.raises(ValueError, match="compile_llm is not supported with the 'inner' injection of 'epalm'"):
         PerceptualLM.build("epalm", tiny_encoder, copy.deepcopy(tiny_llm), features={"layers": 4}, compile_llm=True)

@@ -106,6 +106,12 @@ class LanguageModel(nn.Module):
             else:
                 layer.compile(**options)
 
+    def trainable_in_float32(self) -> None:
+        """Keep what trains (LoRA adapters, tuned norms) in float32 beside half-precision weights."""
+        for parameter in self.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
+
     def enable_activation_checkpointing(self, replay: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
         """Recompute each decoder layer's activations in the backward pass instead of keeping them
         (``torch.utils.checkpoint``, non-reentrant), whenever gradients are recorded; decoding and

@@ -56,12 +56,18 @@ from perceptlm.zoo.tiny import (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def llm_dtype(name: str | torch.dtype = "auto") -> torch.dtype:
+def llm_dtype(name: str | torch.dtype = "auto", tuning: str = "frozen", llm: str = "the LLM") -> torch.dtype:
     """The dtype a frozen LLM loads in: ``float32``, ``bfloat16``, ``float16``, or ``auto``: bfloat16
     where a GPU runs it natively (CUDA, compute capability >= 8.0), float32 otherwise. A dtype this
-    machine cannot run is an error naming it."""
+    machine cannot run is an error naming it. An LLM ``tuning`` that trains the LLM's own weights
+    (``norms``, ``full``) keeps them float32 (``auto``); another dtype for them is an error."""
     if isinstance(name, torch.dtype):
         name = str(name).removeprefix("torch.")
+    if tuning in ("norms", "full"):
+        if name not in ("auto", "float32"):
+            raise ValueError(f"llm_tuning={tuning!r} trains {llm}'s own weights, which stay float32 (llm_dtype "
+                             f"'auto' or 'float32', with bf16-mixed precision for speed); got llm_dtype={name!r}")
+        return torch.float32
     gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if name == "auto":
         return torch.bfloat16 if gpu_bf16 else torch.float32
